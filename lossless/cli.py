@@ -1,0 +1,81 @@
+"""The ``lossless`` command (also ``python -m lossless``).
+
+Every subcommand takes ``--profile NAME`` and trailing ``key=value`` overrides, reads one
+configuration through :mod:`lossless.config`, and ends by printing one JSON line on stdout
+(progress bars and messages go to stderr). Errors meant for the user exit with status 2 and a
+one-line message that names the file or value and the fix.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from . import config
+from .errors import LosslessError
+
+
+def _profile_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default=config.DEFAULT_PROFILE,
+                   help=f"one of {', '.join(config.available_profiles())} or a YAML file (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override a profile's parameter")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _config(args: argparse.Namespace, **flags) -> config.Config:
+    """The profile, then ``key=value`` overrides, then explicit flags (those that were given)."""
+    overrides = config.parse_overrides(args.overrides)
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    return config.load_profile(args.profile, overrides)
+
+
+def cmd_data_check(args: argparse.Namespace) -> dict:
+    from . import data
+    cfg = _config(args, dataset=args.dataset, data_root=args.root, seed=args.seed,
+                  labels_per_class=args.labels_per_class, val_per_class=args.val_per_class)
+    return data.load_split(cfg, progress=not args.quiet).summary()
+
+
+def cmd_config(args: argparse.Namespace) -> dict:
+    if args.list:
+        return {k: {"default": d, "help": h} for k, (d, h) in config.PARAMETERS.items()}
+    return dict(_config(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lossless", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data_p = sub.add_parser("data", help="load, validate and cache a dataset")
+    data_sub = data_p.add_subparsers(dest="data_command", required=True)
+    check = data_sub.add_parser("check", help="load + validate + cache; print split sizes as JSON")
+    check.add_argument("--dataset", help="synthetic | fashion-mnist | stl10 | nyu-dl21 | imagefolder")
+    check.add_argument("--root", help="the dataset's folder (data_root)")
+    check.add_argument("--seed", type=int)
+    check.add_argument("--labels-per-class", type=int)
+    check.add_argument("--val-per-class", type=int)
+    _profile_args(check)
+    check.set_defaults(func=cmd_data_check)
+
+    cfg_p = sub.add_parser("config", help="print the resolved configuration of a profile")
+    cfg_p.add_argument("--list", action="store_true", help="list every parameter with its default")
+    _profile_args(cfg_p)
+    cfg_p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], dict] = args.func
+    try:
+        result = func(args)
+    except LosslessError as exc:
+        print(f"lossless: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
