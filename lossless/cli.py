@@ -37,6 +37,14 @@ def cmd_data_check(args: argparse.Namespace) -> dict:
     return data.load_split(cfg, progress=not args.quiet).summary()
 
 
+def cmd_pretrain(args: argparse.Namespace) -> dict:
+    from .pretrain import pretrain
+    cfg = _config(args, ssl_method=args.method)
+    if args.quiet:
+        cfg["progress"] = False
+    return pretrain(cfg)
+
+
 def cmd_config(args: argparse.Namespace) -> dict:
     if args.list:
         return {k: {"default": d, "help": h} for k, (d, h) in config.PARAMETERS.items()}
@@ -58,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_args(check)
     check.set_defaults(func=cmd_data_check)
 
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining (Barlow Twins); resumes a stopped run")
+    pre.add_argument("--method", default=None, help="barlow (default: the profile's ssl_method)")
+    _profile_args(pre)
+    pre.set_defaults(func=cmd_pretrain)
+
     cfg_p = sub.add_parser("config", help="print the resolved configuration of a profile")
     cfg_p.add_argument("--list", action="store_true", help="list every parameter with its default")
     _profile_args(cfg_p)
@@ -73,7 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LosslessError as exc:
         print(f"lossless: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, default=str))
+    from . import distributed
+    if distributed.info().is_main:
+        print(json.dumps(result, default=str))
     return 0
 
 

@@ -42,6 +42,38 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "synthetic_classes": (10, "synthetic: number of classes"),
     "synthetic_size": (32, "synthetic: image side in pixels"),
     "synthetic_channels": (3, "synthetic: 1 (gray) or 3 (colour)"),
+    # --- running ---
+    "device": ("auto", "auto | cpu | cuda | cuda:N"),
+    "precision": ("auto", "auto (bf16 on CPU and recent GPUs) | bf16 | fp16 (GPU) | fp32"),
+    "channels_last": (True, "NHWC memory layout for convolutions (much faster with bf16 on CPU)"),
+    "compile": (False, "torch.compile the training step"),
+    "runs_dir": (None, "where run folders go (None: $LOSSLESS_RUNS or ./runs)"),
+    "progress": (True, "show progress bars"),
+    "checkpoint_every_steps": (0, "also checkpoint every N steps inside an epoch (0: each epoch only)"),
+    # --- backbone (paper section 3.2) ---
+    "backbone": ("resnet34", "resnet34 (the paper's) | resnet18 | vgg16"),
+    "width": (1.0, "channel multiplier of every stage (0.25 on a laptop CPU)"),
+    "layer4_stride": (2, "2: 6x6 map at 96 px (the paper's text); 1: 12x12 (the authors' code)"),
+    "maxpool": (True, "keep the stem's 3x3/2 max-pool (the paper does)"),
+    "image_size": (None, "side the views are resized to (None: the dataset's own)"),
+    # --- self-supervised pretraining (paper section 3.3) ---
+    "ssl_method": ("barlow", "barlow"),
+    "ssl_epochs": (1000, "pretraining epochs (the paper: 1000)"),
+    "ssl_batch_size": (1024, "global batch (the paper: 1024)"),
+    "ssl_lr": (0.2, "base learning rate per 256 images (scaled by batch/256)"),
+    "ssl_optimizer": ("lars", "lars (the paper's) | sgd | adamw"),
+    "ssl_weight_decay": (1e-6, "weight decay (not on biases and norm parameters)"),
+    "ssl_warmup_epochs": (10, "linear warm-up epochs before the cosine decay"),
+    "ssl_max_steps_per_epoch": (None, "cap on steps per epoch (smoke tests, benchmarks)"),
+    "projector": ("1024-1024-1024", "projector layer sizes"),
+    "barlow_lambda": (5e-3, "weight of the redundancy term (paper 5e-3; authors' code 3.9e-3)"),
+    "barlow_scale": (1.0, "loss multiplier (authors' code 1/32 = 0.03125)"),
+    "crop_scale_min": (0.08, "smallest crop area fraction of the random resized crop"),
+    "blur_sigma_max": (2.0, "largest Gaussian blur sigma in pixels"),
+    "jitter_strength": (1.0, "multiplier of the colour-jitter magnitudes"),
+    "interpolation": ("bilinear", "crop resize: bilinear | bicubic (the authors')"),
+    "knn_k": (20, "neighbours of the k-NN monitor"),
+    "knn_every": (1, "run the k-NN monitor every N epochs"),
 }
 
 

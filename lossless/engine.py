@@ -1,0 +1,335 @@
+"""The one training loop (DESIGN.md "One engine"): SSL pretraining, fine-tuning and the
+pseudo-label rounds all run through :meth:`Engine.fit`.
+
+A *task* is an ``nn.Module`` with two methods:
+
+* ``prepare(batch, generator)``: no gradients; turns a uint8 batch into model inputs
+  (augmentation on the device, with the step's generator);
+* ``forward(inputs) -> dict``: the loss (key ``"loss"``) and any scalars to log.
+
+The engine owns the rest: device, bf16 / fp16 autocast (with gradient scaling for fp16),
+channels_last, the per-step learning-rate schedule, a tqdm progress bar with loss and img/s,
+JSON-lines metrics, a checkpoint after every epoch (and every ``checkpoint_every_steps``) written
+atomically, the best checkpoint by a chosen metric, resume from the last checkpoint, a NaN/Inf
+guard, and DDP under ``torchrun`` with the data sharded by rank and batch norm synchronised.
+
+Reproducibility: every random choice of step ``g`` comes from a generator seeded with
+``(seed, g, rank)`` and the data order of epoch ``e`` from ``(seed, e)``, so a run resumed from
+any checkpoint takes exactly the steps an uninterrupted run takes.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed, runs
+from .errors import LosslessError
+
+
+class TrainingDiverged(LosslessError):
+    """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+# ------------------------------------------------------------------------------------ devices
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LosslessError(f"device={name} asked for, but torch sees no GPU; use device=cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CPU (AMX makes it 2-10x faster than fp32) and on GPUs that have it."""
+    if name == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+    if name not in table:
+        raise LosslessError(f"precision={name!r}: choose auto, bf16, fp16 or fp32")
+    if table[name] is torch.float16 and device.type != "cuda":
+        raise LosslessError("precision=fp16 needs a GPU; on CPU use bf16 (or auto)")
+    return table[name]
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """A well-mixed 63-bit seed for one (seed, step, rank)."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+# ------------------------------------------------------------------------------------ batches
+class Batches:
+    """Batches of uint8 images (and labels) drawn from ``images[indices]``.
+
+    Each epoch is a permutation seeded by ``(seed, epoch)``; ``batch_size`` is the global batch,
+    of which rank ``r`` of ``w`` takes the ``r``-th slice of ``batch_size / w``. The next batch is
+    gathered in a background thread (a memory-mapped array reads while the model computes).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, indices: np.ndarray,
+                 batch_size: int, seed: int = 0, drop_last: bool = True, shuffle: bool = True,
+                 dist_info: distributed.DistInfo | None = None, device: torch.device | str = "cpu",
+                 max_steps: int | None = None):
+        self.images, self.labels = images, labels
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size, self.seed, self.drop_last, self.shuffle = batch_size, seed, drop_last, shuffle
+        self.dist = dist_info or distributed.info()
+        if batch_size % self.dist.world_size:
+            raise LosslessError(f"batch_size={batch_size} is not divisible by the {self.dist.world_size} "
+                                f"processes; choose a multiple of {self.dist.world_size}")
+        n = len(self.indices)
+        if drop_last and n < batch_size:
+            raise LosslessError(f"batch_size={batch_size} is larger than the {n} images to train on; "
+                                f"lower batch_size")
+        self.device = torch.device(device)
+        self.max_steps = max_steps
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        steps = n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        if not self.shuffle:
+            return self.indices
+        return self.indices[np.random.default_rng([self.seed, self.epoch]).permutation(len(self.indices))]
+
+    def rank_indices(self, step: int) -> np.ndarray:
+        """The indices rank ``r`` trains on at ``step`` of the current epoch (sorted: a forward read)."""
+        batch = self.order()[step * self.batch_size:(step + 1) * self.batch_size]
+        per = len(batch) // self.dist.world_size if self.drop_last else math.ceil(len(batch) / self.dist.world_size)
+        return np.sort(batch[self.dist.rank * per:(self.dist.rank + 1) * per])
+
+    def _gather(self, idx: np.ndarray) -> dict:
+        out = {"images": torch.from_numpy(np.ascontiguousarray(self.images[idx])), "index": torch.from_numpy(idx)}
+        if self.labels is not None:
+            out["labels"] = torch.from_numpy(np.asarray(self.labels[idx], dtype=np.int64))
+        if self.device.type == "cuda":
+            out = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in out.items()}
+        return out
+
+    def iterate(self, start_step: int = 0) -> Iterator[tuple[int, dict]]:
+        steps = len(self)
+        if start_step >= steps:
+            return
+        with ThreadPoolExecutor(1) as pool:
+            nxt = pool.submit(self._gather, self.rank_indices(start_step))
+            for step in range(start_step, steps):
+                batch = nxt.result()
+                if step + 1 < steps:
+                    nxt = pool.submit(self._gather, self.rank_indices(step + 1))
+                yield step, batch
+
+
+# ------------------------------------------------------------------------------------ the engine
+@dataclass
+class EngineSettings:
+    epochs: int
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    seed: int = 0
+    progress: bool = True
+    checkpoint_every_steps: int = 0
+    best_metric: str = "loss"
+    best_mode: str = "min"
+    desc: str = "train"
+    sync_batchnorm: bool = True
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best: float | None = None
+    history: list = field(default_factory=list)
+    partial: dict = field(default_factory=dict)  # the running sums of an epoch checkpointed mid-way
+
+
+class Engine:
+    """Runs a task for ``settings.epochs`` epochs in ``run_dir``, resuming what is there."""
+
+    def __init__(self, run_dir: Path, settings: EngineSettings, device: torch.device | None = None):
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.device = device or resolve_device()
+        self.dist = distributed.setup(self.device)
+        self.amp_dtype = resolve_precision(settings.precision, self.device)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    @property
+    def last_path(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.ckpt_dir / "best.pt"
+
+    # -- checkpoints
+    def _state_dict(self, task, optimizer, scaler, state: TrainState) -> dict:
+        return {"model": task.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+                "global_step": state.global_step, "best": state.best, "history": state.history,
+                "partial": state.partial}
+
+    def _save(self, path: Path, task, optimizer, scaler, state: TrainState) -> None:
+        if self.dist.is_main:
+            runs.save_checkpoint(path, self._state_dict(task, optimizer, scaler, state))
+        distributed.barrier()
+
+    def _resume(self, task, optimizer, scaler) -> TrainState:
+        if not self.last_path.exists():
+            return TrainState()
+        ckpt = runs.load_checkpoint(self.last_path)
+        try:
+            task.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise LosslessError(f"checkpoint {self.last_path} does not fit this model ({str(exc).splitlines()[0]}); "
+                                f"it belongs to another configuration: delete {self.run_dir} to start again") from None
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        return TrainState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], ckpt["best"],
+                          list(ckpt["history"]), dict(ckpt.get("partial") or {}))
+
+    def _improved(self, value: float | None, best: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if best is None:
+            return True
+        return value < best if self.settings.best_mode == "min" else value > best
+
+    # -- the loop
+    def fit(self, task: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
+            lr_factor: Callable[[int], float] | None = None,
+            evaluate: Callable[[int], dict] | None = None) -> dict:
+        """Train; returns the last epoch's record (with ``best``, ``checkpoint`` and ``resumed_from``)."""
+        s = self.settings
+        task.to(self.device)
+        if s.channels_last and self.device.type in ("cpu", "cuda"):
+            task.to(memory_format=torch.channels_last)
+        if self.dist.enabled and s.sync_batchnorm:
+            task = _convert_bn_in_place(task, self.device)
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
+        state = self._resume(task, optimizer, scaler)
+        resumed_from = (state.epoch, state.step_in_epoch) if state.global_step else None
+        model: nn.Module = task
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(task, device_ids=ids)
+        if s.compile:
+            model = torch.compile(model)
+        generator = torch.Generator(device=self.device)
+        record: dict = state.history[-1] if state.history else {}
+
+        for epoch in range(state.epoch, s.epochs):
+            batches.set_epoch(epoch)
+            steps = len(batches)
+            task.train()
+            # a run resumed mid-epoch continues the epoch's sums, so its record equals an uninterrupted one
+            sums: dict[str, float] = dict(state.partial.get("sums", {}))
+            count, images_seen = state.partial.get("count", 0), 0
+            t0 = time.perf_counter()
+            bar = tqdm(total=steps, initial=state.step_in_epoch, disable=not (s.progress and self.dist.is_main),
+                       desc=f"{s.desc} {epoch + 1}/{s.epochs}", unit="step", file=sys.stderr, leave=False)
+            for step, batch in batches.iterate(state.step_in_epoch):
+                seed = step_seed(s.seed, state.global_step, self.dist.rank)
+                generator.manual_seed(seed)
+                torch.manual_seed(seed)  # dropout and any other global-RNG use
+                if lr_factor is not None:
+                    f = lr_factor(state.global_step)
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["initial_lr"] * f
+                with torch.no_grad():
+                    inputs = task.prepare(batch, generator)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    out = model(inputs)
+                loss = out["loss"]
+                value = float(loss.detach())
+                if distributed.any_true(not math.isfinite(value)):
+                    bar.close()
+                    raise TrainingDiverged(
+                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1} (global step "
+                        f"{state.global_step}); the last good checkpoint {self.last_path} is kept. Lower the "
+                        f"learning rate, or train in bf16/fp32 instead of fp16, and run again to resume")
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                if hasattr(task, "after_step"):
+                    task.after_step(state.global_step, s.epochs * steps)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                count += 1
+                images_seen += len(batch["images"]) * self.dist.world_size
+                state.global_step += 1
+                state.step_in_epoch = step + 1
+                rate = images_seen / max(1e-9, time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{value:.4g}", img_s=f"{rate:.0f}", refresh=False)
+                bar.update(1)
+                if s.checkpoint_every_steps and state.global_step % s.checkpoint_every_steps == 0 \
+                        and state.step_in_epoch < steps:
+                    state.partial = {"sums": dict(sums), "count": count}
+                    self._save(self.last_path, task, optimizer, scaler, state)
+            bar.close()
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch + 1, "step": state.global_step,
+                      "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),
+                      "img_per_s": round(images_seen / max(seconds, 1e-9), 2)}
+            record.update({k: v / max(count, 1) for k, v in sums.items()})
+            if evaluate is not None:
+                task.eval()
+                record.update(evaluate(epoch))
+                task.train()
+            state.epoch, state.step_in_epoch, state.partial = epoch + 1, 0, {}
+            improved = self._improved(record.get(s.best_metric), state.best)
+            if improved:
+                state.best = record[s.best_metric]
+            record["best"] = state.best
+            state.history.append(record)
+            self._save(self.last_path, task, optimizer, scaler, state)
+            if improved:
+                self._save(self.best_path, task, optimizer, scaler, state)
+            if self.dist.is_main:
+                runs.write_jsonl(self.run_dir / "metrics.jsonl", state.history)
+                if s.progress:
+                    shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
+                    print(f"[{s.desc}] {shown}", file=sys.stderr)
+        record = dict(record)
+        record.update(checkpoint=str(self.last_path), best_checkpoint=str(self.best_path),
+                      resumed_from=resumed_from)
+        return record
+
+
+def _convert_bn_in_place(task: nn.Module, device: torch.device) -> nn.Module:
+    converted = distributed.convert_sync_batchnorm(task, device)
+    return converted.to(device)
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    """Inference under the same precision the engine trains in."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

@@ -1,0 +1,197 @@
+"""Backbones and heads (paper sections 3.2-3.4, Figure 1, and the Experiments' VGG-16).
+
+The paper's *custom ResNet-34*: a torchvision-style ResNet with BasicBlocks [3, 4, 6, 3] whose
+first convolution is 3x3 with stride 1 (not 7x7 / 2) so that 96-px images keep their detail;
+batch norm, ReLU and the 3x3 / 2 max-pool follow as usual, and the network ends at global
+average pooling with 512 features (no ``fc``). The paper's text says a 6x6 map reaches the
+pooling layer at 96 px, which is what stride 2 in layer4 gives; the authors' code used stride 1
+there (12x12). ``layer4_stride`` selects either; the default follows the text.
+
+``width`` scales every stage (64, 128, 256, 512 channels times ``width``) and ``in_channels``
+takes grayscale, so the same family runs on 28-px Fashion-MNIST on a laptop CPU.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+FEATURE_DIM = 512
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (He et al., 2016)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1, self.bn1 = conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
+        self.conv2, self.bn2 = conv3x3(cout, cout), nn.BatchNorm2d(cout)
+        nn.init.zeros_(self.bn2.weight)  # each residual branch starts as the identity
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet backbone with the paper's 3x3 stride-1 stem; ``forward`` returns (B, feature_dim)."""
+
+    def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), in_channels: int = 3, width: float = 1.0,
+                 layer4_stride: int = 2, maxpool: bool = True):
+        super().__init__()
+        widths = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
+        pool = nn.MaxPool2d(3, stride=2, padding=1) if maxpool else nn.Identity()
+        self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True), pool)
+        stages, cin = [], widths[0]
+        for i, (n, cout) in enumerate(zip(layers, widths)):
+            stride = (1, 2, 2, layer4_stride)[i]
+            blocks = [BasicBlock(cin, cout, stride)] + [BasicBlock(cout, cout) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*blocks))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.feature_dim = widths[-1]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward_maps(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.forward_maps(x)), 1)
+
+
+VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M")
+
+
+class VGG16(nn.Module):
+    """The Experiments section's VGG-16 variant: 3x3 conv + BN + ReLU stacks, four max-pools, and a
+    single linear layer on the final map (512 x 6 x 6 at 96 px) giving ``feature_dim`` features."""
+
+    def __init__(self, in_channels: int = 3, image_size: int = 96, width: float = 1.0,
+                 feature_dim: int = FEATURE_DIM):
+        super().__init__()
+        layers, cin = [], in_channels
+        for v in VGG16_LAYERS:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                cout = max(8, int(round(v * width)))
+                layers += [conv3x3(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        side = image_size // 16
+        if side < 1:
+            raise ValueError(f"VGG16 needs images of at least 16 px, got {image_size}")
+        self.fc = nn.Linear(cin * side * side, feature_dim)
+        self.feature_dim = feature_dim
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.features(x), 1))
+
+
+def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, layer4_stride: int = 2,
+                   image_size: int = 96, maxpool: bool = True) -> nn.Module:
+    """``resnet34`` (the paper's), ``resnet18`` (the SSL baselines') or ``vgg16``.
+
+    ``maxpool=False`` drops the stem's max-pool (the paper keeps it); on 28-px images it keeps
+    a 4x larger map through the network."""
+    if name == "resnet34":
+        return ResNet((3, 4, 6, 3), in_channels, width, layer4_stride, maxpool)
+    if name == "resnet18":
+        return ResNet((2, 2, 2, 2), in_channels, width, layer4_stride, maxpool)
+    if name == "vgg16":
+        return VGG16(in_channels, image_size, width)
+    raise ValueError(f"unknown backbone {name!r}; choose resnet34, resnet18 or vgg16")
+
+
+class BarlowTwinsProjector(nn.Sequential):
+    """Section 3.3: "three linear layers each with 1024 output units"; Linear (no bias) + BN + ReLU
+    between them, the last Linear plain."""
+
+    def __init__(self, in_dim: int, sizes: Sequence[int] = (1024, 1024, 1024)):
+        dims = [in_dim, *sizes]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-2], dims[1:-1]):
+            layers += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
+        super().__init__(*layers)
+        self.out_dim = dims[-1]
+
+
+class ClassifierHead(nn.Sequential):
+    """Section 3.4: two fully connected layers with ReLU between them, projecting the embedding
+    to a higher dimension before classifying (Linear 512->1024, ReLU, Dropout 0.3, Linear)."""
+
+    def __init__(self, in_dim: int, num_classes: int, hidden: int = 1024, dropout: float = 0.3):
+        super().__init__(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                         nn.Linear(hidden, num_classes))
+        for m in self:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+
+def parse_sizes(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``"1024-1024-1024"`` -> (1024, 1024, 1024)."""
+    if isinstance(text, str):
+        return tuple(int(t) for t in text.split("-"))
+    return tuple(int(t) for t in text)
+
+
+def describe(backbone: nn.Module, input_shape: Sequence[int]) -> list[dict]:
+    """Output shape, parameters and forward GFLOPs of each stage for one image of ``input_shape``
+    (C, H, W): the table behind Figure 1."""
+    from torch.utils.flop_counter import FlopCounterMode
+    stages = [(n, m) for n, m in backbone.named_children() if n not in ("pool",)]
+    x = torch.zeros(1, *input_shape)
+    rows = []
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        for name, module in stages:
+            if name == "fc":
+                x = torch.flatten(x, 1)
+            with FlopCounterMode(display=False) as counter:
+                x = module(x)
+            rows.append({"stage": name, "output": list(x.shape[1:]),
+                         "params": sum(p.numel() for p in module.parameters()),
+                         "gflops": counter.get_total_flops() / 1e9})
+    backbone.train(was_training)
+    return rows
+
+
+def forward_flops(module: nn.Module, input_shape: Sequence[int]) -> float:
+    """Forward FLOPs for one input of ``input_shape`` (C, H, W), counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = module.training
+    module.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        module(torch.zeros(2, *input_shape))
+    module.train(was_training)
+    return counter.get_total_flops() / 2
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+__all__ = ["ResNet", "VGG16", "BasicBlock", "build_backbone", "BarlowTwinsProjector",
+           "ClassifierHead", "describe", "forward_flops", "parse_sizes", "count_params"]

@@ -1,0 +1,144 @@
+"""The pretraining stage (paper section 3.3): Barlow Twins on the labelled + unlabelled images.
+
+``pretrain(cfg)`` is what ``lossless pretrain`` and the Barlow Twins chapter call. It finds or
+creates the run folder for this configuration, trains through the engine (resuming whatever is
+there), monitors k-NN accuracy and the collapse signals every epoch, and ends with a
+``result.json``: final loss, k-NN accuracy on validation and test, a linear probe on the labelled
+images, throughput, and the path of the backbone's weights for the later stages.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from . import distributed, runs
+from .augment import Augmenter, barlow_twins_views, channel_stats
+from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
+from .errors import LosslessError
+from .methods.barlow import BarlowTwins
+from .models import build_backbone, parse_sizes
+from .optim import build_optimizer, scaled_lr, warmup_cosine
+from .probes import embed, embedding_std, knn_accuracy, linear_probe_accuracy
+
+# The keys that define a pretraining run (its folder's hash); progress, device and the like don't.
+PRETRAIN_KEYS = (
+    "dataset", "data_root", "labels_per_class", "val_per_class", "seed", "num_classes",
+    "synthetic_train", "synthetic_test", "synthetic_classes", "synthetic_size", "synthetic_channels",
+    "backbone", "width", "layer4_stride", "maxpool", "image_size", "ssl_method", "ssl_epochs",
+    "ssl_batch_size", "ssl_lr", "ssl_optimizer", "ssl_weight_decay", "ssl_warmup_epochs",
+    "ssl_max_steps_per_epoch", "projector", "barlow_lambda", "barlow_scale", "crop_scale_min",
+    "blur_sigma_max", "jitter_strength", "interpolation", "precision",
+)
+
+
+def pretrain_dir(cfg: Mapping[str, Any]):
+    return runs.run_dir(cfg, f"pretrain-{cfg['ssl_method']}", {k: cfg.get(k) for k in PRETRAIN_KEYS})
+
+
+def backbone_for(cfg: Mapping[str, Any], data: data_mod.ImageSet) -> torch.nn.Module:
+    size = cfg.get("image_size") or data.image_shape[0]
+    return build_backbone(cfg["backbone"], in_channels=data.image_shape[2], width=cfg["width"],
+                          layer4_stride=cfg["layer4_stride"], image_size=size, maxpool=cfg["maxpool"])
+
+
+def load_data(cfg: Mapping[str, Any], progress: bool) -> data_mod.Split:
+    """The split, decoded by rank 0 first so that processes do not race to build the cache."""
+    d = distributed.info()
+    if d.enabled and not d.is_main:
+        distributed.barrier()
+    split = data_mod.load_split(cfg, progress=progress and d.is_main)
+    if d.enabled and d.is_main:
+        distributed.barrier()
+    return split
+
+
+def pretrain(cfg: Mapping[str, Any]) -> dict:
+    if cfg["ssl_method"] != "barlow":
+        raise LosslessError(f"ssl_method={cfg['ssl_method']!r}: this version implements barlow")
+    device = resolve_device(cfg["device"])
+    dist = distributed.setup(device)
+    progress = bool(cfg["progress"])
+    split = load_data(cfg, progress)
+    data = split.data
+    run = pretrain_dir(cfg)
+    done = runs.find_result(run)
+    if done is not None:
+        return done
+
+    size = cfg.get("image_size") or data.image_shape[0]
+    train_idx = np.sort(np.concatenate([split.labelled, split.unlabelled]))
+    mean, std = channel_stats(data.images[train_idx] if len(train_idx) <= 20000 else data.images, seed=cfg["seed"])
+    views = barlow_twins_views(size, crop_scale=(cfg["crop_scale_min"], 1.0),
+                               blur_sigma=(0.1, cfg["blur_sigma_max"]), interpolation=cfg["interpolation"],
+                               strength=cfg["jitter_strength"])
+    augmenter = Augmenter(views, mean, std)
+    torch.manual_seed(cfg["seed"])  # the same configuration starts from the same weights
+    task = BarlowTwins(backbone_for(cfg, data), augmenter, parse_sizes(cfg["projector"]),
+                       cfg["barlow_lambda"], cfg["barlow_scale"])
+
+    batch = cfg["ssl_batch_size"]
+    batches = Batches(data.images, None, train_idx, batch, seed=cfg["seed"], dist_info=dist, device=device,
+                      max_steps=cfg["ssl_max_steps_per_epoch"])
+    optimizer = build_optimizer(cfg["ssl_optimizer"], task, scaled_lr(cfg["ssl_lr"], batch), cfg["ssl_weight_decay"])
+    steps, epochs = len(batches), cfg["ssl_epochs"]
+    schedule = lambda g: warmup_cosine(g, epochs * steps, cfg["ssl_warmup_epochs"] * steps)  # noqa: E731
+
+    amp = resolve_precision(cfg["precision"], device)
+    bank_images, bank_labels = split.images("labelled"), split.labels("labelled")
+    val_images, val_labels = split.images("val"), split.labels("val")
+
+    def evaluate(epoch: int) -> dict:
+        if (epoch + 1) % cfg["knn_every"] and epoch + 1 != epochs:
+            return {}
+        feats = lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size)  # noqa: E731
+        val_feats = feats(val_images)
+        z = _project(task, val_feats, device)
+        return {"knn_val": knn_accuracy(feats(bank_images), torch.from_numpy(bank_labels), val_feats,
+                                        torch.from_numpy(val_labels), k=cfg["knn_k"],
+                                        num_classes=data.num_classes),
+                "embedding_std": embedding_std(z)}
+
+    engine = Engine(run, EngineSettings(epochs=epochs, precision=cfg["precision"],
+                                        channels_last=cfg["channels_last"], compile=cfg["compile"],
+                                        seed=cfg["seed"], progress=progress, desc="barlow",
+                                        checkpoint_every_steps=cfg["checkpoint_every_steps"],
+                                        best_metric="loss", best_mode="min"), device)
+    t0 = time.perf_counter()
+    last = engine.fit(task, batches, optimizer, schedule, evaluate)
+    wall = time.perf_counter() - t0
+
+    result = {"run": str(run), "epochs": epochs, "final_loss": last.get("loss"),
+              "knn_val": last.get("knn_val"), "embedding_std": last.get("embedding_std"),
+              "img_per_s": last.get("img_per_s"), "train_seconds": round(wall, 1),
+              "checkpoint": last["checkpoint"], "resumed_from": last["resumed_from"]}
+    if dist.is_main:
+        backbone_path = run / "backbone.pt"
+        runs.save_checkpoint(backbone_path, {"backbone": task.backbone.state_dict(),
+                                             "config": {k: cfg.get(k) for k in PRETRAIN_KEYS},
+                                             "mean": mean, "std": std})
+        feats = lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size)  # noqa: E731
+        bank, test = feats(bank_images), feats(split.images("test")) if len(split.test) else None
+        if test is not None:
+            result["knn_test"] = knn_accuracy(bank, torch.from_numpy(bank_labels), test,
+                                              torch.from_numpy(split.labels("test")), k=cfg["knn_k"],
+                                              num_classes=data.num_classes)
+            result["linear_probe_test"] = linear_probe_accuracy(bank, bank_labels, test, split.labels("test"))
+        result["linear_probe_val"] = linear_probe_accuracy(bank, bank_labels, feats(val_images), val_labels)
+        result["backbone"] = str(backbone_path)
+        runs.write_json(run / "result.json", result)
+    distributed.barrier()
+    return result
+
+
+def _project(task: BarlowTwins, feats: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Projector outputs of precomputed backbone features (eval mode), for the collapse signal."""
+    was = task.projector.training
+    task.projector.eval()
+    with torch.no_grad():
+        z = torch.cat([task.projector(feats[i:i + 1024].to(device)).float().cpu() for i in range(0, len(feats), 1024)])
+    task.projector.train(was)
+    return z

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from lossless.models import (BarlowTwinsProjector, ClassifierHead, build_backbone, count_params, describe)
+
+
+@pytest.mark.parametrize("stride,side", [(2, 6), (1, 12)])
+def test_custom_resnet34_map_at_the_pool(stride, side):
+    """Paper 3.2: a 6x6 map reaches the average pool at 96 px (stride 2); the authors' code: 12x12."""
+    net = build_backbone("resnet34", layer4_stride=stride)
+    rows = describe(net, (3, 96, 96))
+    assert rows[0]["output"] == [64, 48, 48]      # 3x3 stride-1 conv, then the 3x3/2 max-pool
+    assert rows[-1]["output"] == [512, side, side]
+    assert net(torch.zeros(2, 3, 96, 96)).shape == (2, 512)
+    assert net.stem[0].kernel_size == (3, 3) and net.stem[0].stride == (1, 1)
+
+
+def test_resnet_variants_and_width():
+    r18 = build_backbone("resnet18")
+    assert [len(getattr(r18, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]
+    r34 = build_backbone("resnet34")
+    assert [len(getattr(r34, f"layer{i}")) for i in range(1, 5)] == [3, 4, 6, 3]
+    assert 21.2e6 < count_params(r34) < 21.4e6           # torchvision's resnet34 minus fc, 3x3 stem
+    small = build_backbone("resnet18", in_channels=1, width=0.25, maxpool=False)
+    assert small.feature_dim == 128
+    assert describe(small, (1, 28, 28))[0]["output"] == [16, 28, 28]
+
+
+def test_last_bn_of_each_residual_branch_starts_at_zero():
+    net = build_backbone("resnet18")
+    for block in net.layer1:
+        assert torch.all(block.bn2.weight == 0) and torch.all(block.bn1.weight == 1)
+    net.eval()
+    x = torch.randn(1, 64, 8, 8).relu()
+    assert torch.allclose(net.layer1[0](x), x)           # each block starts as the identity
+
+
+def test_vgg16_single_linear_on_the_final_map():
+    net = build_backbone("vgg16", image_size=96)
+    assert describe(net, (3, 96, 96))[0]["output"] == [512, 6, 6]
+    assert net.fc.in_features == 512 * 36 and net(torch.zeros(2, 3, 96, 96)).shape == (2, 512)
+
+
+def test_projector_and_classifier_head():
+    proj = BarlowTwinsProjector(512)
+    kinds = [type(m).__name__ for m in proj]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert all(m.bias is None for m in proj if isinstance(m, torch.nn.Linear))
+    head = ClassifierHead(512, 800)
+    assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Dropout", "Linear"]
+    assert head[2].p == 0.3 and head[0].out_features == 1024
+    assert abs(head[0].weight.std().item() - 0.01) < 0.001 and torch.all(head[0].bias == 0)
