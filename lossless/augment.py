@@ -68,12 +68,13 @@ def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> t
     return (x - m) / s
 
 
-def channel_stats(images, max_images: int = 10000, seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] of (N, H, W, C) uint8 images (a random subset)."""
+def channel_stats(images, indices=None, max_images: int = 10000, seed: int = 0) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] of (N, H, W, C) uint8 images: a random subset of
+    ``indices`` (the training images: never the test set's statistics)."""
     import numpy as np
-    n = len(images)
-    idx = np.sort(np.random.default_rng(seed).choice(n, size=min(n, max_images), replace=False))
-    x = np.asarray(images[idx], dtype=np.float64) / 255.0
+    pool = np.arange(len(images)) if indices is None else np.asarray(indices)
+    pick = np.sort(np.random.default_rng(seed).choice(pool, size=min(len(pool), max_images), replace=False))
+    x = np.asarray(images[pick], dtype=np.float64) / 255.0
     return x.mean(axis=(0, 1, 2)).tolist(), x.std(axis=(0, 1, 2)).tolist()
 
 

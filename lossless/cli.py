@@ -45,6 +45,14 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
     return pretrain(cfg)
 
 
+def cmd_bench(args: argparse.Namespace) -> dict:
+    from .bench import run_train_bench
+    result = run_train_bench(args.device, args.out, args.quick, args.models)
+    return {"written_to": result["written_to"], "records": [
+        {k: r.get(k) for k in ("model", "resolution", "precision", "pipeline", "img_per_s", "mfu",
+                               "speedup_vs_authors")} for r in result["records"]]}
+
+
 def cmd_config(args: argparse.Namespace) -> dict:
     if args.list:
         return {k: {"default": d, "help": h} for k, (d, h) in config.PARAMETERS.items()}
@@ -70,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--method", default=None, help="barlow (default: the profile's ssl_method)")
     _profile_args(pre)
     pre.set_defaults(func=cmd_pretrain)
+
+    bench = sub.add_parser("bench", help="benchmarks (print figures, write JSON)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    train = bench_sub.add_parser("train", help="Barlow Twins training-step throughput and MFU")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train-<device>.json)")
+    train.add_argument("--quick", action="store_true", help="fewer timed steps")
+    train.add_argument("--models", nargs="*", help="only models whose name contains one of these")
+    train.set_defaults(func=cmd_bench)
 
     cfg_p = sub.add_parser("config", help="print the resolved configuration of a profile")
     cfg_p.add_argument("--list", action="store_true", help="list every parameter with its default")

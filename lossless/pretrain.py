@@ -9,6 +9,7 @@ images, throughput, and the path of the backbone's weights for the later stages.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -71,7 +72,7 @@ def pretrain(cfg: Mapping[str, Any]) -> dict:
 
     size = cfg.get("image_size") or data.image_shape[0]
     train_idx = np.sort(np.concatenate([split.labelled, split.unlabelled]))
-    mean, std = channel_stats(data.images[train_idx] if len(train_idx) <= 20000 else data.images, seed=cfg["seed"])
+    mean, std = channel_stats(data.images, train_idx, seed=cfg["seed"])
     views = barlow_twins_views(size, crop_scale=(cfg["crop_scale_min"], 1.0),
                                blur_sigma=(0.1, cfg["blur_sigma_max"]), interpolation=cfg["interpolation"],
                                strength=cfg["jitter_strength"])
@@ -92,15 +93,16 @@ def pretrain(cfg: Mapping[str, Any]) -> dict:
     val_images, val_labels = split.images("val"), split.labels("val")
 
     def evaluate(epoch: int) -> dict:
+        """The monitors of each epoch: k-NN and a linear probe on validation, and collapse signals."""
         if (epoch + 1) % cfg["knn_every"] and epoch + 1 != epochs:
             return {}
         feats = lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size)  # noqa: E731
-        val_feats = feats(val_images)
-        z = _project(task, val_feats, device)
-        return {"knn_val": knn_accuracy(feats(bank_images), torch.from_numpy(bank_labels), val_feats,
+        bank, val_feats = feats(bank_images), feats(val_images)
+        return {"knn_val": knn_accuracy(bank, torch.from_numpy(bank_labels), val_feats,
                                         torch.from_numpy(val_labels), k=cfg["knn_k"],
                                         num_classes=data.num_classes),
-                "embedding_std": embedding_std(z)}
+                "linear_probe_val": linear_probe_accuracy(bank, bank_labels, val_feats, val_labels),
+                "embedding_std": embedding_std(_project(task, val_feats, device))}
 
     engine = Engine(run, EngineSettings(epochs=epochs, precision=cfg["precision"],
                                         channels_last=cfg["channels_last"], compile=cfg["compile"],
@@ -142,3 +144,14 @@ def _project(task: BarlowTwins, feats: torch.Tensor, device: torch.device) -> to
         z = torch.cat([task.projector(feats[i:i + 1024].to(device)).float().cpu() for i in range(0, len(feats), 1024)])
     task.projector.train(was)
     return z
+
+
+def probe_curve(run) -> list[dict]:
+    """Monitor accuracy against training minutes, one row per epoch of a run's metrics.jsonl."""
+    rows, minutes = [], 0.0
+    for r in runs.read_jsonl(Path(run) / "metrics.jsonl"):
+        minutes += r["seconds"] / 60
+        rows.append({"epoch": r["epoch"], "minutes": round(minutes, 2), "loss": r.get("loss"),
+                     "knn_val": r.get("knn_val"), "linear_probe_val": r.get("linear_probe_val"),
+                     "embedding_std": r.get("embedding_std")})
+    return rows

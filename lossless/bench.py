@@ -1,0 +1,273 @@
+"""``lossless bench train``: Barlow Twins training-step throughput, measured (not a test).
+
+One run measures, on this machine and in this process:
+
+* the dense-GEMM ceiling in bf16 and fp32 (the best of a square n=4096 matmul and the same GEMM
+  as a 1x1 convolution, fastest of several runs): the denominator of MFU;
+* a full Barlow Twins step (two views augmented on the device from uint8, forward, backward,
+  LARS) for the paper's ResNet-34 at 96 px (layer4 stride 2, the paper's text, and stride 1, the
+  authors' code), ResNet-18 at 96 px, and the ``cpu`` profile's backbone, in fp32 and in
+  bf16 + channels_last;
+* the same ResNet-34 driven the way the authors' scripts drive it: per-image PIL transforms in
+  DataLoader worker processes, fp32, no channels_last: the baseline of ``speedup_vs_authors``.
+
+Throughput counts source images per second (each gives two views). Model FLOPs per image are
+counted by ``torch.utils.flop_counter`` on one real step (forward and backward, both views);
+``mfu`` is achieved FLOP/s over the bf16 ceiling. Results go to stdout and a JSON file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as config_mod
+from .augment import Augmenter, barlow_twins_views
+from .methods.barlow import BarlowTwins
+from .models import build_backbone, parse_sizes
+from .optim import build_optimizer
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_ceiling(device: torch.device, dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> dict:
+    """The best dense-GEMM rate this device reaches in ``dtype``: the fastest of ``repeats`` timed
+    runs (after a warm-up) of a square ``n`` matmul and of the same-size GEMM as a 1x1 convolution
+    in channels_last (oneDNN's path, the one the models' convolutions take; on some CPUs it beats
+    ``matmul``). Returns FLOP/s of each and the best."""
+    import torch.nn.functional as F
+    reps = 1 if device.type == "cpu" else 20
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    side, batch = 32, max(1, n // (32 * 32))  # batch x 32 x 32 = n rows: the matmul's GEMM shape
+    x = torch.randn(batch, n, side, side, device=device, dtype=dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(n, n, 1, 1, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    candidates = {"matmul": (lambda: a @ b, 2 * n ** 3),
+                  "conv1x1": (lambda: F.conv2d(x, w), 2 * x.shape[0] * side * side * n * n)}
+    out = {}
+    for name, (fn, flops) in candidates.items():
+        times = []
+        for i in range(repeats + 1):
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            _sync(device)
+            if i:
+                times.append((time.perf_counter() - t) / reps)
+        out[name] = flops / min(times)
+    out["best"] = max(out.values())
+    return out
+
+
+def _task(model: dict, channels: int, size: int, device, channels_last: bool) -> BarlowTwins:
+    backbone = build_backbone(model["backbone"], in_channels=channels, width=model.get("width", 1.0),
+                              layer4_stride=model.get("layer4_stride", 2), image_size=size,
+                              maxpool=model.get("maxpool", True))
+    views = barlow_twins_views(size, blur_sigma=(0.1, model.get("blur_sigma_max", 2.0)))
+    aug = Augmenter(views, [0.5] * channels, [0.25] * channels)
+    task = BarlowTwins(backbone, aug, parse_sizes(model.get("projector", "1024-1024-1024"))).to(device)
+    if channels_last:
+        task = task.to(memory_format=torch.channels_last)
+    return task
+
+
+def step_flops(task: BarlowTwins, batch: torch.Tensor, device) -> float:
+    """FLOPs of one training step per source image (both views, forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    g = torch.Generator(device=device).manual_seed(0)
+    views = task.prepare({"images": batch}, g)
+    with FlopCounterMode(display=False) as counter:
+        task(views)["loss"].backward()
+    task.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(batch)
+
+
+def measure_engine_step(model: dict, precision: str, device: torch.device, batch_size: int, steps: int,
+                        warmup: int = 1, compile: bool = False) -> dict:
+    """Source images per second of the package's own step (batched augmentation on the device)."""
+    size, channels = model["resolution"], model["channels"]
+    channels_last = precision != "fp32"
+    torch.manual_seed(0)
+    task = _task(model, channels, size, device, channels_last)
+    opt = build_optimizer("lars", task, 0.1, 1e-6)
+    images = torch.randint(0, 256, (batch_size, size, size, channels), dtype=torch.uint8)
+    flops = step_flops(task, images[: min(8, batch_size)].to(device), device)
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    runner = torch.compile(task) if compile else task
+    g = torch.Generator(device=device).manual_seed(1)
+
+    def step():
+        batch = images.to(device, non_blocking=True)
+        with torch.no_grad():
+            views = task.prepare({"images": batch}, g)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = runner(views)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    sec = statistics.median(times)
+    return {"img_per_s": batch_size / sec, "step_seconds": sec, "flops_per_img": flops,
+            "batch_size": batch_size, "steps_timed": steps}
+
+
+# ------------------------------------------------------------------------- the authors' pipeline
+class _PILBarlowView:
+    """Per-image PIL transforms as the authors' scripts used them (torchvision v1 on PIL)."""
+
+    def __init__(self, size: int, blur_p: float, solarize_p: float, mean, std):
+        import random
+        from PIL import ImageFilter, ImageOps
+        from torchvision import transforms as T
+        self.random, self.filter, self.ops = random, ImageFilter, ImageOps
+        self.blur_p, self.solarize_p = blur_p, solarize_p
+        self.first = T.Compose([
+            T.RandomResizedCrop(size, interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(p=0.5),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2)])
+        self.last = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+
+    def __call__(self, img):
+        img = self.first(img)
+        if self.random.random() < self.blur_p:
+            img = img.filter(self.filter.GaussianBlur(radius=self.random.random() * 1.9 + 0.1))
+        if self.random.random() < self.solarize_p:
+            img = self.ops.solarize(img)
+        return self.last(img)
+
+
+class _PILPairs(torch.utils.data.Dataset):
+    def __init__(self, images: np.ndarray, size: int):
+        from PIL import Image
+        self.images, self.Image = images, Image
+        mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        self.v1 = _PILBarlowView(size, 1.0, 0.0, mean, std)
+        self.v2 = _PILBarlowView(size, 0.1, 0.2, mean, std)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = self.Image.fromarray(self.images[i])
+        return self.v1(img), self.v2(img)
+
+
+def measure_authors_style(model: dict, device: torch.device, batch_size: int, steps: int, workers: int) -> dict:
+    """fp32, no channels_last, per-image PIL views from DataLoader workers (the baseline)."""
+    size = model["resolution"]
+    torch.manual_seed(0)
+    task = _task(model, 3, size, device, channels_last=False)
+    opt = build_optimizer("lars", task, 0.1, 1e-6)
+    images = np.random.default_rng(0).integers(0, 256, ((steps + 2) * batch_size, size, size, 3), dtype=np.uint8)
+    loader = torch.utils.data.DataLoader(_PILPairs(images, size), batch_size=batch_size, shuffle=True,
+                                         num_workers=workers, drop_last=True, persistent_workers=False)
+    times, it = [], iter(loader)
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        y1, y2 = next(it)
+        loss = task((y1.to(device), y2.to(device)))["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i:  # the first step includes the workers' start
+            times.append(time.perf_counter() - t)
+    sec = statistics.median(times)
+    return {"img_per_s": batch_size / sec, "step_seconds": sec, "batch_size": batch_size,
+            "steps_timed": steps, "loader_workers": workers}
+
+
+def default_models(cpu_profile: config_mod.Config) -> list[dict]:
+    cpu_backbone = {"name": f"cpu-profile {cpu_profile['backbone']} w{cpu_profile['width']}",
+                    "backbone": cpu_profile["backbone"], "width": cpu_profile["width"],
+                    "maxpool": cpu_profile["maxpool"], "layer4_stride": cpu_profile["layer4_stride"],
+                    "projector": cpu_profile["projector"], "blur_sigma_max": cpu_profile["blur_sigma_max"],
+                    "resolution": cpu_profile.get("image_size") or 28, "channels": 1}
+    return [
+        {"name": "resnet34 (paper text, layer4 stride 2)", "backbone": "resnet34", "layer4_stride": 2,
+         "resolution": 96, "channels": 3, "paper_backbone": True},
+        {"name": "resnet34 (authors' code, layer4 stride 1)", "backbone": "resnet34", "layer4_stride": 1,
+         "resolution": 96, "channels": 3},
+        {"name": "resnet18", "backbone": "resnet18", "layer4_stride": 2, "resolution": 96, "channels": 3},
+        cpu_backbone,
+    ]
+
+
+def run_train_bench(device_name: str = "auto", out: str | None = None, quick: bool = False,
+                    models: list[str] | None = None) -> dict:
+    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
+                          ("cpu" if device_name == "auto" else device_name))
+    on_cpu = device.type == "cpu"
+    cpu_profile = config_mod.load_profile("cpu")
+    ceilings = {"bf16": matmul_ceiling(device, torch.bfloat16), "fp32": matmul_ceiling(device, torch.float32, repeats=3)}
+    ceiling_bf16, ceiling_fp32 = ceilings["bf16"]["best"], ceilings["fp32"]["best"]
+    print(f"GEMM ceiling on {device}: bf16 {ceiling_bf16 / 1e9:,.0f} GFLOP/s, fp32 {ceiling_fp32 / 1e9:,.0f} GFLOP/s "
+          f"({ {k: {n: round(v / 1e9) for n, v in c.items()} for k, c in ceilings.items()} })", file=sys.stderr)
+    records = []
+    chosen = [m for m in default_models(cpu_profile) if not models or any(s in m["name"] for s in models)]
+    for model in chosen:
+        small = model["resolution"] <= 32
+        for precision in ("fp32", "bf16"):
+            if on_cpu:
+                batch = 256 if small else (32 if precision == "fp32" else 64)
+                steps = (3 if small else 2) if quick else (8 if small else 3)
+            else:
+                batch, steps = (1024 if not small else 2048), (5 if quick else 20)
+            r = measure_engine_step(model, precision, device, batch, steps)
+            rec = {"model": model["name"], "backbone": model["backbone"], "resolution": model["resolution"],
+                   "channels": model["channels"], "precision": precision if precision == "fp32" else "bf16+channels_last",
+                   "pipeline": "lossless (batched augmentation on the device)", "device": str(device), **r}
+            rec["gflop_per_img"] = r["flops_per_img"] / 1e9
+            rec["achieved_tflops"] = r["img_per_s"] * r["flops_per_img"] / 1e12
+            rec["mfu"] = r["img_per_s"] * r["flops_per_img"] / ceiling_bf16
+            records.append(rec)
+            print(f"{rec['model']:<44} {rec['precision']:<20} {rec['img_per_s']:9.1f} img/s  "
+                  f"mfu {rec['mfu']:.1%}", file=sys.stderr)
+        if model.get("paper_backbone"):
+            workers = min(2, os.cpu_count() or 1) if on_cpu else 8
+            batch = 32 if on_cpu else 256
+            r = measure_authors_style(model, device, batch, 2 if quick or on_cpu else 10, workers)
+            flops = next(x for x in records if x["model"] == model["name"])["flops_per_img"]
+            base = {"model": model["name"], "backbone": model["backbone"], "resolution": model["resolution"],
+                    "channels": 3, "precision": "fp32", "device": str(device),
+                    "pipeline": "authors' style (per-image PIL transforms in DataLoader workers)", **r,
+                    "flops_per_img": flops, "gflop_per_img": flops / 1e9,
+                    "mfu": r["img_per_s"] * flops / ceiling_bf16}
+            records.append(base)
+            print(f"{base['model']:<44} {'authors fp32+PIL':<20} {base['img_per_s']:9.1f} img/s", file=sys.stderr)
+            for rec in records:
+                if rec["model"] == model["name"] and rec["pipeline"].startswith("lossless"):
+                    rec["speedup_vs_authors"] = rec["img_per_s"] / base["img_per_s"]
+    result = {
+        "benchmark": "train", "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "ceiling_bf16_flops": ceiling_bf16, "ceiling_fp32_flops": ceiling_fp32, "ceilings": ceilings,
+        "records": records,
+    }
+    path = Path(out or f"benchmarks/results/train-{device.type}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    result["written_to"] = str(path)
+    return result
