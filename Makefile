@@ -7,9 +7,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROFILE ?= cpu
 
-.PHONY: setup data-files book test bench clean-venv
+MATHJAX := .cache/npm/node_modules/mathjax/es5/tex-mml-chtml.js
 
-setup: data-files $(STAMP)
+.PHONY: setup data-files system-tools book test bench clean-venv
+
+setup: data-files system-tools $(STAMP) $(MATHJAX)
 
 # Fashion-MNIST comes from Debian's package where the machine is Debian and we are root;
 # elsewhere the loader explains how to get the files (or downloads them where there is internet).
@@ -22,6 +24,19 @@ data-files:
 	  || echo "warning: could not install dataset-fashion-mnist; set LOSSLESS_DATA to a folder with the IDX files"; \
 	fi
 
+# Headless Chromium checks the rendered book (Debian's package, as root).
+system-tools:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing Debian's chromium (the book's rendering test)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+	  || (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the rendering test will be skipped outside CI"; \
+	fi
+
+# MathJax 3 from npm, so that the book's math renders offline.
+$(MATHJAX):
+	npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm mathjax@3.2.2
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -29,10 +44,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 book: setup
-	$(BIN)/lossless data check --profile $(PROFILE)
+	$(BIN)/lossless book --profile $(PROFILE)
 
+# The unit tests, then nbval over every chapter with the smoke profile injected.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/lossless book --profile smoke --notebooks-only runs/nbval > /dev/null
+	$(BIN)/python -m pytest -q tests --nbval-lax --nbval-current-env runs/nbval
 
 bench: setup
 	$(BIN)/lossless bench train

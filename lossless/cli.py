@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import config
@@ -53,6 +54,19 @@ def cmd_bench(args: argparse.Namespace) -> dict:
                                "speedup_vs_authors")} for r in result["records"]]}
 
 
+def cmd_book(args: argparse.Namespace) -> dict:
+    from .book import build_book
+    params = {}
+    for key, value in args.param or []:
+        params.update(config.parse_overrides([f"{key}={value}"]))
+    config.load_profile(args.profile, params)  # unknown keys or bad types fail here, before any chapter runs
+    if args.notebooks_only:
+        from .book import write_parameterised
+        paths = write_parameterised(Path(args.notebooks_only), args.profile, params)
+        return {"notebooks": [str(p) for p in paths]}
+    return build_book(args.profile, params, html=not args.no_html, progress=not args.quiet)
+
+
 def cmd_config(args: argparse.Namespace) -> dict:
     if args.list:
         return {k: {"default": d, "help": h} for k, (d, h) in config.PARAMETERS.items()}
@@ -78,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--method", default=None, help="barlow (default: the profile's ssl_method)")
     _profile_args(pre)
     pre.set_defaults(func=cmd_pretrain)
+
+    book = sub.add_parser("book", help="run the chapters with papermill and build the HTML book")
+    book.add_argument("--profile", default=config.DEFAULT_PROFILE)
+    book.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                      help="a parameter for every chapter (papermill's -p)")
+    book.add_argument("--no-html", action="store_true", help="only run the chapters")
+    book.add_argument("--notebooks-only", metavar="DIR",
+                      help="only write the chapters as parameterised notebooks into DIR (for nbval)")
+    book.add_argument("--quiet", action="store_true")
+    book.set_defaults(func=cmd_book)
 
     bench = sub.add_parser("bench", help="benchmarks (print figures, write JSON)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import distributed, runs
 from .errors import LosslessError

@@ -57,6 +57,46 @@ def load_data(cfg: Mapping[str, Any], progress: bool) -> data_mod.Split:
     return split
 
 
+def pretraining_indices(split: data_mod.Split) -> np.ndarray:
+    """The images Barlow Twins trains on: labelled + unlabelled (labels unused), never val or test."""
+    return np.sort(np.concatenate([split.labelled, split.unlabelled]))
+
+
+def build_task(cfg: Mapping[str, Any], split: data_mod.Split) -> tuple[BarlowTwins, Augmenter, int]:
+    """The Barlow Twins task of ``cfg`` at its (seeded) initialisation, its augmenter and image side."""
+    data = split.data
+    size = cfg.get("image_size") or data.image_shape[0]
+    mean, std = channel_stats(data.images, pretraining_indices(split), seed=cfg["seed"])
+    views = barlow_twins_views(size, crop_scale=(cfg["crop_scale_min"], 1.0),
+                               blur_sigma=(0.1, cfg["blur_sigma_max"]), interpolation=cfg["interpolation"],
+                               strength=cfg["jitter_strength"])
+    augmenter = Augmenter(views, mean, std)
+    torch.manual_seed(cfg["seed"])  # the same configuration starts from the same weights
+    task = BarlowTwins(backbone_for(cfg, data), augmenter, parse_sizes(cfg["projector"]),
+                       cfg["barlow_lambda"], cfg["barlow_scale"])
+    return task, augmenter, size
+
+
+def load_trained_task(cfg: Mapping[str, Any], split: data_mod.Split) -> BarlowTwins:
+    """The task of a finished (or stopped) pretraining run, with its last checkpoint's weights."""
+    task, _, _ = build_task(cfg, split)
+    ckpt = runs.load_checkpoint(pretrain_dir(cfg) / "checkpoints" / "last.pt")
+    task.load_state_dict(ckpt["model"])
+    return task.eval()
+
+
+@torch.no_grad()
+def correlation_matrix(task: BarlowTwins, images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """C (D, D) of the two views of ``images`` (N, H, W, C) uint8, as the loss sees it."""
+    from .methods.barlow import cross_correlation
+    was = task.training
+    task.eval()
+    v1, v2 = task.augmenter(torch.from_numpy(np.ascontiguousarray(images)), torch.Generator().manual_seed(seed))
+    c = cross_correlation(task.embed(v1), task.embed(v2)).numpy()
+    task.train(was)
+    return c
+
+
 def pretrain(cfg: Mapping[str, Any]) -> dict:
     if cfg["ssl_method"] != "barlow":
         raise LosslessError(f"ssl_method={cfg['ssl_method']!r}: this version implements barlow")
@@ -70,16 +110,9 @@ def pretrain(cfg: Mapping[str, Any]) -> dict:
     if done is not None:
         return done
 
-    size = cfg.get("image_size") or data.image_shape[0]
-    train_idx = np.sort(np.concatenate([split.labelled, split.unlabelled]))
-    mean, std = channel_stats(data.images, train_idx, seed=cfg["seed"])
-    views = barlow_twins_views(size, crop_scale=(cfg["crop_scale_min"], 1.0),
-                               blur_sigma=(0.1, cfg["blur_sigma_max"]), interpolation=cfg["interpolation"],
-                               strength=cfg["jitter_strength"])
-    augmenter = Augmenter(views, mean, std)
-    torch.manual_seed(cfg["seed"])  # the same configuration starts from the same weights
-    task = BarlowTwins(backbone_for(cfg, data), augmenter, parse_sizes(cfg["projector"]),
-                       cfg["barlow_lambda"], cfg["barlow_scale"])
+    task, augmenter, size = build_task(cfg, split)
+    train_idx = pretraining_indices(split)
+    mean, std = augmenter.mean, augmenter.std
 
     batch = cfg["ssl_batch_size"]
     batches = Batches(data.images, None, train_idx, batch, seed=cfg["seed"], dist_info=dist, device=device,

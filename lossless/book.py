@@ -1,0 +1,192 @@
+"""``lossless book``: run the chapters with papermill, then build the HTML book from the results.
+
+The chapters are MyST Markdown notebooks in ``book/`` (jupytext). For a profile and parameters,
+each chapter in ``_toc.yml`` order is converted to a notebook and executed by papermill into
+``runs/book-{profile}-{hash}/executed/``, outside the sources, so papermill's injected cell never
+reaches a ``.md`` file. A chapter whose source, profile and parameters have not changed since
+its last successful run is skipped. Then a staging folder (``site/``) gets the configuration,
+the executed notebooks and the plain pages, and Jupyter Book builds it with execution off and
+warnings as errors.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import LosslessError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def toc_files(root: Path = ROOT) -> list[str]:
+    """Document paths of ``_toc.yml`` in reading order (``book/intro``, ``book/data``, ...)."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    files = [toc["root"]]
+
+    def walk(entries):
+        for e in entries or []:
+            if "file" in e:
+                files.append(e["file"])
+            walk(e.get("sections"))
+            for part in e.get("parts", []):
+                walk(part.get("chapters"))
+    walk(toc.get("chapters"))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters"))
+    return files
+
+
+def is_notebook(md: Path) -> bool:
+    """A MyST page is a notebook when its front matter has a kernelspec (jupytext)."""
+    text = md.read_text()
+    if not text.startswith("---"):
+        return False
+    front = text.split("---", 2)[1]
+    return "kernelspec:" in front
+
+
+def chapter_notebooks(root: Path = ROOT) -> list[Path]:
+    return [root / f"{f}.md" for f in toc_files(root) if (root / f"{f}.md").is_file() and is_notebook(root / f"{f}.md")]
+
+
+def book_dir(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> Path:
+    digest = hashlib.sha1(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return root / "runs" / f"book-{Path(str(profile)).stem}-{digest}"
+
+
+def _key(md: Path, profile: str, params: Mapping[str, Any]) -> str:
+    h = hashlib.sha1(md.read_bytes())
+    h.update(json.dumps({"profile": profile, **params}, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def write_notebook(md: Path, out: Path, profile: str | None = None, params: Mapping[str, Any] | None = None) -> Path:
+    """The chapter as an ``.ipynb`` (parameters injected by papermill when ``profile`` is given)."""
+    import jupytext
+    out.parent.mkdir(parents=True, exist_ok=True)
+    jupytext.write(jupytext.read(md), out)
+    if profile is not None:
+        import nbformat
+        from papermill.iorw import load_notebook_node
+        from papermill.parameterize import parameterize_notebook
+        nb = parameterize_notebook(load_notebook_node(str(out)), {"profile": profile, **(params or {})})
+        nbformat.write(nb, str(out))
+    return out
+
+
+def write_parameterised(out: Path, profile: str, params: Mapping[str, Any] | None = None,
+                        root: Path = ROOT) -> list[Path]:
+    """Every chapter as a notebook with ``profile`` injected (what nbval runs)."""
+    if out.exists():
+        shutil.rmtree(out)
+    return [write_notebook(md, out / f"{md.stem}.ipynb", profile, params) for md in chapter_notebooks(root)]
+
+
+def run_chapters(profile: str, params: Mapping[str, Any] | None = None, root: Path = ROOT,
+                 out_dir: Path | None = None, progress: bool = True) -> list[dict]:
+    """Execute every chapter notebook in order; returns one record per chapter (ran or skipped)."""
+    import papermill
+    params = dict(params or {})
+    out_dir = out_dir or book_dir(profile, params, root)
+    records = []
+    for md in chapter_notebooks(root):
+        src = write_notebook(md, out_dir / "src" / f"{md.stem}.ipynb")
+        executed = out_dir / "executed" / f"{md.stem}.ipynb"
+        stamp = executed.with_suffix(".key")
+        key = _key(md, profile, params)
+        if executed.is_file() and stamp.is_file() and stamp.read_text() == key:
+            records.append({"chapter": md.stem, "status": "skipped (unchanged)"})
+            continue
+        print(f"lossless book: running {md.relative_to(root)} ({profile})", file=sys.stderr)
+        t0 = time.perf_counter()
+        tmp = executed.with_name(f".{executed.stem}.running.ipynb")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            papermill.execute_notebook(str(src), str(tmp), parameters={"profile": profile, **params},
+                                       kernel_name="python3", cwd=str(root), progress_bar=progress,
+                                       log_output=False)
+        except papermill.PapermillExecutionError as exc:
+            raise LosslessError(f"chapter {md.relative_to(root)} failed in cell {exc.exec_count} "
+                                f"({exc.ename}: {exc.evalue}); the partly executed notebook is {tmp}") from None
+        os.replace(tmp, executed)
+        stamp.write_text(key)
+        records.append({"chapter": md.stem, "status": "ran", "seconds": round(time.perf_counter() - t0, 1)})
+    return records
+
+
+def stage_site(out_dir: Path, root: Path = ROOT) -> Path:
+    """A folder Jupyter Book can build: config, toc, executed notebooks and the plain pages."""
+    site = out_dir / "site"
+    if site.exists():
+        shutil.rmtree(site)
+    (site / "book").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(root / name, site / name)
+    for f in toc_files(root):
+        md = root / f"{f}.md"
+        if md.is_file() and is_notebook(md):
+            executed = out_dir / "executed" / f"{md.stem}.ipynb"
+            if not executed.is_file():
+                raise LosslessError(f"{executed} is missing: run the chapters first (lossless book)")
+            shutil.copy(executed, site / f"{f}.ipynb")
+        elif md.is_file():
+            shutil.copy(md, site / f"{f}.md")
+    _ship_mathjax(site, root)
+    return site
+
+
+MATHJAX = Path(".cache") / "npm" / "node_modules" / "mathjax" / "es5"
+
+
+def _ship_mathjax(site: Path, root: Path) -> None:
+    """Math renders offline: MathJax 3 (npm package ``mathjax@3``, installed by ``make setup``)
+    goes to the output's ``_static/mathjax/`` through ``html_extra_path``; the source tree has no
+    ``_static/`` folder, so Jupyter Book does not load the script a second time."""
+    src = root / MATHJAX
+    if not (src / "tex-mml-chtml.js").is_file():
+        raise LosslessError(f"{src / 'tex-mml-chtml.js'} is missing: run `make setup` (it installs the npm "
+                            f"package mathjax@3 into .cache/npm) so that math renders without a CDN")
+    dest = site / "_extra" / "_static" / "mathjax"
+    (dest / "output" / "chtml").mkdir(parents=True)
+    shutil.copy(src / "tex-mml-chtml.js", dest / "tex-mml-chtml.js")
+    shutil.copytree(src / "output" / "chtml" / "fonts", dest / "output" / "chtml" / "fonts")
+    cfg = yaml.safe_load((site / "_config.yml").read_text())
+    sphinx_cfg = cfg.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx_cfg["html_extra_path"] = ["_extra"]
+    sphinx_cfg["mathjax_path"] = "mathjax/tex-mml-chtml.js"
+    (site / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def build_html(out_dir: Path, root: Path = ROOT, warnings_are_errors: bool = True) -> Path:
+    site = stage_site(out_dir, root)
+    cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(site), "--builder", "html"]
+    if warnings_are_errors:
+        cmd += ["-W", "-n", "--keep-going"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise LosslessError(f"jupyter-book build of {site} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return site / "_build" / "html"
+
+
+def build_book(profile: str, params: Mapping[str, Any] | None = None, root: Path = ROOT,
+               html: bool = True, progress: bool = True) -> dict:
+    params = dict(params or {})
+    out_dir = book_dir(profile, params, root)
+    t0 = time.perf_counter()
+    chapters = run_chapters(profile, params, root, out_dir, progress)
+    result = {"profile": profile, "params": params, "folder": str(out_dir), "chapters": chapters,
+              "execute_seconds": round(time.perf_counter() - t0, 1)}
+    if html:
+        t1 = time.perf_counter()
+        result["html"] = str(build_html(out_dir, root) / "index.html")
+        result["build_seconds"] = round(time.perf_counter() - t1, 1)
+    return result

@@ -1,0 +1,76 @@
+"""The book: sources and paired notebooks in sync, chapter conventions, and a rendered smoke build
+checked in headless Chromium (pages load, show their figures, no raw LaTeX)."""
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from lossless import book
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = book.chapter_notebooks(ROOT)
+
+
+def test_every_page_is_in_the_toc():
+    listed = {f"{f}.md" for f in book.toc_files(ROOT)}
+    on_disk = {str(p.relative_to(ROOT)) for p in (ROOT / "book").glob("*.md")}
+    assert on_disk == listed
+    assert len(CHAPTERS) >= 3
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_markdown_and_paired_notebook_are_in_sync(md):
+    ipynb = ROOT / "notebooks" / f"{md.stem}.ipynb"
+    assert ipynb.is_file(), f"{ipynb} is missing: run `jupytext --sync {md.relative_to(ROOT)}`"
+    a, b = jupytext.read(md), jupytext.read(ipynb)
+    cells = lambda nb: [(c.cell_type, c.source.strip()) for c in nb.cells]  # noqa: E731
+    assert cells(a) == cells(b), f"{md.name} and {ipynb.name} differ: run `jupytext --sync {md.relative_to(ROOT)}`"
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_conventions(md):
+    nb = jupytext.read(md)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", []) and "profile = " in code[0].source
+    assert any(c.cell_type == "markdown" and re.search(r"^## What to try", c.source, re.M) for c in nb.cells)
+    for c in code:
+        assert not re.search(r"\.backward\(|optimizer\.step|for epoch in", c.source), "no training loop in a notebook"
+        if "viz." in c.source and "fig = " in c.source:
+            assert c.metadata.get("mystnb", {}).get("figure", {}).get("caption"), f"figure without caption:\n{c.source}"
+
+
+@pytest.mark.slow
+def test_smoke_book_builds_and_renders(tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: `make setup` installs Debian's chromium")
+        pytest.skip("chromium not installed (make setup installs it)")
+    result = book.build_book("smoke", {}, ROOT, progress=False)
+    html = Path(result["html"]).parent
+    for md in [ROOT / f"{f}.md" for f in book.toc_files(ROOT)]:
+        page = html / "book" / f"{md.stem}.html"
+        dom = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=5000", "--dump-dom",
+             page.as_uri()], capture_output=True, text=True, timeout=120).stdout
+        assert "<main" in dom, f"{page} did not load"
+        source = md.read_text()
+        figures = source.count("caption:")
+        assert dom.count("<img") >= figures, f"{page}: {figures} figures expected"
+        assert dom.count("<figcaption") >= figures
+        if "$$" in source or "\\(" in source or re.search(r"\$[^$\n]+\$", source):
+            assert "mjx-container" in dom, f"{page}: math was not rendered (MathJax missing?)"
+        text = re.sub(r"<(script|style|mjx-container)[^>]*>.*?</\1>", "", dom, flags=re.S)
+        assert "\\mathcal" not in text and "\\lambda" not in text, f"{page}: raw LaTeX on the page"
+    shot = Path(result["folder"]) / "barlow-twins.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    "--disable-background-networking", f"--user-data-dir={tmp_path / 'chrome2'}",
+                    "--window-size=1280,2400", "--virtual-time-budget=3000", f"--screenshot={shot}",
+                    (html / "book" / "barlow-twins.html").as_uri()], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
