@@ -67,6 +67,39 @@ def cmd_book(args: argparse.Namespace) -> dict:
     return build_book(args.profile, params, html=not args.no_html, progress=not args.quiet)
 
 
+def cmd_finetune(args: argparse.Namespace) -> dict:
+    from .finetune import finetune
+    cfg = _config(args)
+    cfg["progress"] = cfg["progress"] and not args.quiet
+    r = finetune(cfg, args.init)
+    return {k: v for k, v in r.items() if not k.endswith("_report")}
+
+
+def cmd_pseudo(args: argparse.Namespace) -> dict:
+    from .pseudo import pseudo_label
+    cfg = _config(args, pl_rule=args.rule)
+    cfg["progress"] = cfg["progress"] and not args.quiet
+    return pseudo_label(cfg)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from . import runs as runs_mod
+    result = runs_mod.find_result(Path(args.run))
+    if result is None:
+        from .errors import LosslessError
+        raise LosslessError(f"{args.run} has no result.json: the stage has not finished")
+    return {k: v for k, v in result.items() if not k.endswith("_report")} | {
+        f"{n}_ece": result[f"{n}_report"]["calibration"]["ece"] for n in ("val", "test") if f"{n}_report" in result}
+
+
+def cmd_experiment(args: argparse.Namespace) -> dict:
+    from .experiments import claims
+    cfg = _config(args)
+    cfg["progress"] = cfg["progress"] and not args.quiet
+    r = claims(cfg, seeds=args.seeds)
+    return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
+
+
 def cmd_config(args: argparse.Namespace) -> dict:
     if args.list:
         return {k: {"default": d, "help": h} for k, (d, h) in config.PARAMETERS.items()}
@@ -92,6 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--method", default=None, help="barlow (default: the profile's ssl_method)")
     _profile_args(pre)
     pre.set_defaults(func=cmd_pretrain)
+
+    ft = sub.add_parser("finetune", help="fine-tune the classifier (section 3.4) or train the supervised baseline")
+    ft.add_argument("--init", default="barlow", choices=["barlow", "random"])
+    _profile_args(ft)
+    ft.set_defaults(func=cmd_finetune)
+
+    pl = sub.add_parser("pseudo-label", help="pseudo-labelling rounds (section 3.5)")
+    pl.add_argument("--rule", default=None, choices=["global", "balanced"])
+    _profile_args(pl)
+    pl.set_defaults(func=cmd_pseudo)
+
+    ev = sub.add_parser("evaluate", help="accuracy and calibration of a finished classifier run")
+    ev.add_argument("run", help="a runs/finetune-* or runs/pseudo-*/roundN folder")
+    ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("experiment", help="the claim experiment over seeds (sections 3.4, 3.5, 5)")
+    ex.add_argument("name", choices=["claims"])
+    ex.add_argument("--seeds", type=int, default=5)
+    _profile_args(ex)
+    ex.set_defaults(func=cmd_experiment)
 
     book = sub.add_parser("book", help="run the chapters with papermill and build the HTML book")
     book.add_argument("--profile", default=config.DEFAULT_PROFILE)

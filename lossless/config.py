@@ -74,6 +74,23 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "interpolation": ("bilinear", "crop resize: bilinear | bicubic (the authors')"),
     "knn_k": (20, "neighbours of the k-NN monitor"),
     "knn_every": (1, "run the k-NN monitor every N epochs"),
+    # --- classifier fine-tuning (paper section 3.4) ---
+    "ft_epochs": (100, "fine-tuning epochs (the authors' driver: 100)"),
+    "ft_batch_size": (128, "fine-tuning batch"),
+    "ft_lr_head": (0.01, "SGD learning rate of the two-layer head"),
+    "ft_lr_backbone": (0.0008, "SGD learning rate of the backbone"),
+    "ft_weight_decay": (1e-5, "fine-tuning weight decay"),
+    "sup_lr_backbone": (0.05, "backbone rate of the supervised-only baseline (random init), chosen on validation"),
+    "ft_standardize": (True, "standardise backbone features before the head (statistics from unlabelled images)"),
+    # --- pseudo-labelling (paper section 3.5) ---
+    "pl_rounds": ("3,3,3", "percent of the unlabelled pool added per round (authors' code: 3,2,1)"),
+    "pl_rule": ("global", "global (the paper: top p% of the pool) | balanced (the same number per predicted class)"),
+    "pl_epochs": (15, "training epochs per round"),
+    "pl_batch_size": (128, "batch of the rounds' training"),
+    "pl_lr": (1e-4, "Adam learning rate of the rounds"),
+    "pl_weight_decay": (1e-5, "Adam weight decay of the rounds"),
+    "pl_plateau_factor": (0.1, "ReduceLROnPlateau factor (paper 0.1; authors' code 0.2)"),
+    "pl_patience": (3, "ReduceLROnPlateau patience in epochs"),
 }
 
 

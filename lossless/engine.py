@@ -172,6 +172,7 @@ class Engine:
         self.dist = distributed.setup(self.device)
         self.amp_dtype = resolve_precision(settings.precision, self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self._scheduler = None
 
     @property
     def last_path(self) -> Path:
@@ -184,6 +185,7 @@ class Engine:
     # -- checkpoints
     def _state_dict(self, task, optimizer, scaler, state: TrainState) -> dict:
         return {"model": task.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": self._scheduler.state_dict() if self._scheduler is not None else {},
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
                 "global_step": state.global_step, "best": state.best, "history": state.history,
@@ -204,6 +206,8 @@ class Engine:
             raise LosslessError(f"checkpoint {self.last_path} does not fit this model ({str(exc).splitlines()[0]}); "
                                 f"it belongs to another configuration: delete {self.run_dir} to start again") from None
         optimizer.load_state_dict(ckpt["optimizer"])
+        if self._scheduler is not None and ckpt.get("scheduler"):
+            self._scheduler.load_state_dict(ckpt["scheduler"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         return TrainState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], ckpt["best"],
@@ -219,9 +223,15 @@ class Engine:
     # -- the loop
     def fit(self, task: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
             lr_factor: Callable[[int], float] | None = None,
-            evaluate: Callable[[int], dict] | None = None) -> dict:
-        """Train; returns the last epoch's record (with ``best``, ``checkpoint`` and ``resumed_from``)."""
+            evaluate: Callable[[int], dict] | None = None, epoch_scheduler=None,
+            scheduler_metric: str | None = None) -> dict:
+        """Train; returns the last epoch's record (with ``best``, ``checkpoint`` and ``resumed_from``).
+
+        ``lr_factor(global_step)`` sets every group's rate each step (relative to its initial rate);
+        ``epoch_scheduler`` (e.g. ReduceLROnPlateau) is stepped after each epoch's evaluation with
+        ``record[scheduler_metric]`` and saved in the checkpoints."""
         s = self.settings
+        self._scheduler = epoch_scheduler
         task.to(self.device)
         if s.channels_last and self.device.type in ("cpu", "cuda"):
             task.to(memory_format=torch.channels_last)
@@ -305,6 +315,8 @@ class Engine:
                 task.eval()
                 record.update(evaluate(epoch))
                 task.train()
+            if epoch_scheduler is not None:
+                epoch_scheduler.step(record[scheduler_metric]) if scheduler_metric else epoch_scheduler.step()
             state.epoch, state.step_in_epoch, state.partial = epoch + 1, 0, {}
             improved = self._improved(record.get(s.best_metric), state.best)
             if improved:

@@ -1,0 +1,102 @@
+"""The experiment that tests the paper's claim (sections 3.4, 3.5, 5), over seeds.
+
+For each seed (which picks the labelled set): the supervised-only baseline, a k-NN probe and a
+linear probe on frozen Barlow Twins features, Barlow Twins + fine-tuning, and + pseudo-labels
+with each selection rule. Pretraining uses no labels, so one run (the configuration's own
+seed) serves every seed; its images are the labelled + unlabelled images of that seed's split,
+so for other seeds some of their validation images (never a label, never a test image) were
+among the pretraining images. Reported: mean +- std per method and, for "pretraining helps"
+and "pseudo-labels help", the paired difference over seeds with a 95% Student-t interval.
+A label-budget curve repeats the first comparison at several labels per class.
+
+Every piece is a run folder of its own stage, so a stopped experiment resumes where it was.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import config as config_mod
+from . import runs
+from .augment import Augmenter
+from .engine import resolve_device, resolve_precision
+from .evaluate import mean_std, paired_difference
+from .finetune import finetune
+from .models import build_backbone  # noqa: F401  (re-exported for the book)
+from .pretrain import backbone_for, load_data, pretrain
+from .probes import embed, knn_accuracy, linear_probe_accuracy
+from .pseudo import pseudo_label
+
+METHODS = ("supervised", "knn_probe", "linear_probe", "barlow_finetune", "pseudo_global", "pseudo_balanced")
+
+
+def frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
+    """k-NN and linear probe test accuracy of the frozen pretrained backbone on ``cfg``'s split."""
+    device = resolve_device(cfg["device"])
+    amp = resolve_precision(cfg["precision"], device)
+    split = load_data(cfg, False)
+    ckpt = runs.load_checkpoint(backbone_path)
+    backbone = backbone_for(cfg, split.data).to(device)
+    backbone.load_state_dict(ckpt["backbone"])
+    aug = Augmenter([], ckpt["mean"], ckpt["std"])
+    bank, test = embed(backbone, split.images("labelled"), aug, device, amp), embed(backbone, split.images("test"), aug, device, amp)
+    yb, yt = split.labels("labelled"), split.labels("test")
+    return {"knn_probe": knn_accuracy(bank, torch.from_numpy(yb), test, torch.from_numpy(yt), k=cfg["knn_k"],
+                                      num_classes=split.data.num_classes),
+            "linear_probe": linear_probe_accuracy(bank, yb, test, yt)}
+
+
+def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: bool = True) -> dict:
+    c = config_mod.load_profile(cfg["profile"], {k: v for k, v in cfg.items() if k != "profile"}, seed=seed)
+    out = {"seed": seed}
+    out["supervised"] = finetune(c, "random")["test_accuracy"]
+    start = finetune(c, "barlow", backbone_path)
+    out["barlow_finetune"] = start["test_accuracy"]
+    out.update(frozen_probes(c, backbone_path))
+    if pseudo:
+        for rule in ("global", "balanced"):
+            p = pseudo_label(config_mod.load_profile(c["profile"], {k: v for k, v in c.items() if k != "profile"},
+                                                     pl_rule=rule), start, backbone_path)
+            out[f"pseudo_{rule}"] = p["test_accuracy"]
+            out[f"pseudo_{rule}_rounds"] = p["rounds"]
+    return out
+
+
+def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (10, 32, 100),
+           budget_seeds: int = 3) -> dict:
+    """Run (or load) everything; write and return the summary."""
+    base = pretrain(cfg)
+    backbone_path = Path(base["backbone"])
+    per_seed = []
+    for s in range(seeds):
+        print(f"lossless experiment: seed {s + 1}/{seeds}", file=sys.stderr)
+        per_seed.append(one_seed(cfg, s, backbone_path))
+    summary = {m: mean_std([r[m] for r in per_seed]) for m in METHODS}
+    best_rule = max(("pseudo_global", "pseudo_balanced"), key=lambda m: summary[m]["mean"])
+    diffs = {
+        "pretraining_helps (barlow_finetune - supervised)":
+            paired_difference([r["barlow_finetune"] for r in per_seed], [r["supervised"] for r in per_seed]),
+        "pseudo_labels_help (pseudo_global - barlow_finetune)":
+            paired_difference([r["pseudo_global"] for r in per_seed], [r["barlow_finetune"] for r in per_seed]),
+        "pseudo_labels_help (pseudo_balanced - barlow_finetune)":
+            paired_difference([r["pseudo_balanced"] for r in per_seed], [r["barlow_finetune"] for r in per_seed]),
+    }
+    curve = []
+    for k in budgets:
+        for s in range(budget_seeds):
+            c = config_mod.load_profile(cfg["profile"], {kk: v for kk, v in cfg.items() if kk != "profile"},
+                                        seed=s, labels_per_class=k)
+            curve.append({"labels_per_class": k, "seed": s, "supervised": finetune(c, "random")["test_accuracy"],
+                          "barlow_finetune": finetune(c, "barlow", backbone_path)["test_accuracy"]})
+    result = {"pretraining": {k: base.get(k) for k in ("run", "knn_test", "linear_probe_test", "train_seconds")},
+              "seeds": per_seed, "summary": summary, "best_pseudo_rule": best_rule, "paired_differences": diffs,
+              "label_budget": curve}
+    out = runs.run_dir(cfg, "claims", {"cfg": {k: v for k, v in cfg.items() if k not in ("progress",)},
+                                       "seeds": seeds, "budgets": list(budgets), "budget_seeds": budget_seeds})
+    runs.write_json(out / "result.json", result)
+    result["written_to"] = str(out / "result.json")
+    return result

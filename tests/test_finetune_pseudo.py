@@ -1,0 +1,168 @@
+"""Fine-tuning, pseudo-labelling and evaluation (paper sections 3.4, 3.5)."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lossless import config, runs
+from lossless.errors import LosslessError
+from lossless.evaluate import calibration, paired_difference, score
+from lossless.finetune import finetune, two_rate_optimizer
+from lossless.pretrain import pretrain
+from lossless.pseudo import pseudo_label, select_balanced, select_global
+
+
+def smoke(tmp_path, **kw):
+    return config.load_profile("smoke", dict(runs_dir=str(tmp_path / "runs"), progress=False, **kw))
+
+
+class FixedLogits(torch.nn.Module):
+    """A 'model' whose logits for image i are row i of a table (the image holds i)."""
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, x):
+        return self.table[x.long().view(len(x), -1)[:, 0] * 256 + x.long().view(len(x), -1)[:, 1]]
+
+
+def test_selection_equals_brute_force_sort_with_ties():
+    g = torch.Generator().manual_seed(0)
+    n, c = 3000, 7
+    logits = torch.randn(n, c, generator=g) * 3
+    logits[100:140] = logits[7]          # many exact ties in confidence
+    logits[500:520] = logits[2999]
+    images = np.stack([np.arange(n) // 256, np.arange(n) % 256], 1).astype(np.uint8).reshape(n, 1, 2, 1)
+    s = score(FixedLogits(logits), images, lambda b: b.float(), torch.device("cpu"), batch_size=97)
+    probs = torch.softmax(logits, 1).numpy()                      # the full N x C matrix, here only
+    assert np.array_equal(s.prediction, probs.argmax(1))
+    assert np.allclose(s.confidence, probs.max(1), atol=1e-6)
+    top2 = np.sort(probs, 1)[:, -2:]
+    assert np.allclose(s.margin, top2[:, 1] - top2[:, 0], atol=1e-6)
+    for k in (1, 30, 120, 999, n):
+        brute = sorted(range(n), key=lambda i: (-float(probs[i].max()), i))[:k]   # ties: lower index first
+        assert np.array_equal(select_global(probs.max(1), k), np.sort(brute)), k
+        assert np.array_equal(select_global(s.confidence, k), select_global(probs.max(1), k))
+
+
+def test_balanced_quota_respects_per_class_limits():
+    rng = np.random.default_rng(1)
+    conf = rng.random(1000)
+    pred = rng.choice(4, size=1000, p=[0.7, 0.2, 0.09, 0.01])     # class 3 has ~10 members
+    chosen = select_balanced(conf, pred, 200, 4)
+    counts = np.bincount(pred[chosen], minlength=4)
+    assert (counts <= 50).all() and counts[:3].tolist() == [50, 50, 50]
+    assert counts[3] == (pred == 3).sum()                          # all it has, when fewer than the quota
+    for c in range(4):                                              # the most confident within the class
+        members = np.flatnonzero(pred == c)
+        assert set(chosen[pred[chosen] == c]) == set(members[np.argsort(-conf[members])[:50]])
+
+
+SCRIPT = """
+import resource, sys, numpy as np, torch
+from lossless.evaluate import score
+n, c = 200_000, 1000
+images = np.zeros((n, 1, 1, 1), dtype=np.uint8)
+model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, c))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+s = score(model, images, lambda b: b.float() + torch.randn(len(b), 1, 1, 1), torch.device("cpu"), batch_size=512)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) / 1024, s.prediction.shape, s.confidence.dtype)
+"""
+
+
+def test_scoring_memory_is_o_of_n():
+    """200,000 x 1,000 probabilities would be 800 MB; scoring may keep only three numbers per image."""
+    out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout.split()
+    extra_mb = float(out[0])
+    assert extra_mb < 100, f"scoring grew the process by {extra_mb:.0f} MB"
+
+
+def test_paired_interval_against_hand_computation():
+    d = paired_difference([0.81, 0.82, 0.83, 0.84, 0.85], [0.80, 0.80, 0.80, 0.80, 0.80])
+    # differences 1..5 points: mean 3, sd sqrt(2.5) = 1.5811, t(0.975, 4) = 2.776445
+    half = 2.776445 * math.sqrt(2.5) / math.sqrt(5) / 100
+    assert math.isclose(d["mean"], 0.03, abs_tol=1e-12)
+    assert math.isclose(d["low"], 0.03 - half, abs_tol=1e-6) and math.isclose(d["high"], 0.03 + half, abs_tol=1e-6)
+
+
+def test_calibration_error_against_hand_computation():
+    conf = np.array([0.95, 0.95, 0.55, 0.55, 0.55, 0.55])
+    correct = np.array([1, 0, 1, 1, 1, 1])
+    cal = calibration(conf, correct, bins=10)
+    # bin (0.9, 1]: acc 0.5, conf 0.95 -> 2/6 * 0.45; bin (0.5, 0.6]: acc 1, conf 0.55 -> 4/6 * 0.45
+    assert math.isclose(cal["ece"], 0.45, abs_tol=1e-9)
+    assert cal["count"][9] == 2 and cal["count"][5] == 4
+
+
+def test_finetuning_trains_with_two_learning_rates(tmp_path):
+    cfg = smoke(tmp_path, ft_epochs=4)
+    pre = pretrain(cfg)
+    before = runs.load_checkpoint(Path(pre["backbone"]))["backbone"]
+    result = finetune(cfg, "barlow")
+    ckpt = runs.load_checkpoint(Path(result["run"]) / "checkpoints" / "last.pt")
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["backbone", "head"]
+    assert [g["initial_lr"] for g in groups] == [cfg.ft_lr_backbone, cfg.ft_lr_head]
+    after = {k[len("backbone."):]: v for k, v in ckpt["model"].items() if k.startswith("backbone.")}
+    moved = max(float((after[k].float() - before[k].float()).abs().max()) for k in before if before[k].is_floating_point())
+    assert moved > 0                                            # the backbone is fine-tuned, not frozen
+    assert 0 <= result["test_accuracy"] <= 1 and "calibration" in result["test_report"]
+
+
+def test_missing_or_foreign_pretraining_checkpoint(tmp_path):
+    cfg = smoke(tmp_path)
+    with pytest.raises(LosslessError, match=r"pretrained backbone .*backbone.pt does not exist; run `lossless pretrain"):
+        finetune(cfg, "barlow")
+    pre = pretrain(cfg)
+    with pytest.raises(LosslessError, match=r"backbone.pt holds another architecture .*width"):
+        finetune(smoke(tmp_path, width=0.5), "barlow", Path(pre["backbone"]))
+
+
+def test_pseudo_labelled_images_leave_the_pool(tmp_path):
+    cfg = smoke(tmp_path, pl_rounds="5,5")
+    pretrain(cfg)
+    result = pseudo_label(cfg)
+    stage = Path(result["run"])
+    chosen = [np.load(stage / f"round{r}" / "selection.npz")["index"] for r in (1, 2)]
+    assert len(chosen[0]) == len(chosen[1]) == 85                  # 5% of the 1,700-image pool
+    assert not set(chosen[0]) & set(chosen[1])                      # round 2 never re-selects
+    assert result["rounds"][2]["pool_after"] == 1700 - 170
+    from lossless import data
+    split = data.load_split(cfg, progress=False)
+    assert set(np.concatenate(chosen)) <= set(split.unlabelled) and not set(np.concatenate(chosen)) & set(split.labelled)
+    r2 = runs.read_json(stage / "round2" / "result.json")
+    assert r2["train_images"] == 100 + 170                          # labelled + both rounds' pseudo-labels
+
+
+def test_empty_pool_stops_with_a_message(tmp_path):
+    cfg = smoke(tmp_path, pl_rounds="60,60,10", pl_epochs=1)
+    pretrain(cfg)
+    with pytest.raises(LosslessError, match=r"round 3: the unlabelled pool is empty .*pl_rounds"):
+        pseudo_label(cfg)
+
+
+def test_interrupted_round_resumes_to_the_same_result(tmp_path, monkeypatch):
+    from lossless.finetune import Classifier
+    reference = smoke(tmp_path / "a", pl_rounds="5,5")
+    pretrain(reference)
+    straight = pseudo_label(reference)
+    cfg = smoke(tmp_path / "b", pl_rounds="5,5")
+    pretrain(cfg)
+    calls = {"n": 0}
+
+    def crash(self, step, total):
+        calls["n"] += 1
+        if calls["n"] == 10:                                        # inside round 1 or 2's training
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Classifier, "after_step", crash, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        pseudo_label(cfg)
+    monkeypatch.undo()
+    resumed = pseudo_label(cfg)
+    assert resumed["rounds"] == straight["rounds"]  # same selections, precisions and accuracies
