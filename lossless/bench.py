@@ -271,3 +271,66 @@ def run_train_bench(device_name: str = "auto", out: str | None = None, quick: bo
     path.write_text(json.dumps(result, indent=1))
     result["written_to"] = str(path)
     return result
+
+
+# ------------------------------------------------------------------------- scoring a pool
+class _RandomLogits(torch.nn.Module):
+    """Stands in for a classifier over a huge pool: fresh random logits per batch."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.classes = classes
+
+    def forward(self, x):
+        return torch.randn(len(x), self.classes)
+
+
+def run_score_bench(out: str | None = None, images: int = 20000, pool: int = 512000, classes: int = 800) -> dict:
+    """(1) scoring throughput against forward-only inference of the ``cpu`` profile's classifier;
+    (2) the extra memory of scoring + selecting from a ``pool`` x ``classes`` pool."""
+    import tracemalloc
+    from .evaluate import score
+    from .finetune import Classifier
+    from .pseudo import select_balanced, select_global
+    device = torch.device("cpu")
+    cfg = config_mod.load_profile("cpu")
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg["backbone"], in_channels=1, width=cfg["width"], maxpool=cfg["maxpool"])
+    model = Classifier(backbone, 10, Augmenter([], [0.5], [0.25])).to(memory_format=torch.channels_last).eval()
+    data = np.random.default_rng(0).integers(0, 256, (images, 28, 28, 1), dtype=np.uint8)
+
+    def forward_only():
+        with torch.no_grad():
+            for s in range(0, images, 512):
+                batch = torch.from_numpy(data[s:s + 512])
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    model(model.augmenter.plain(batch))
+    rates = {}
+    for name, fn in (("forward_only", forward_only),
+                     ("score", lambda: score(model, data, model.augmenter.plain, device, torch.bfloat16))):
+        fn()
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        rates[name] = images / statistics.median(times)
+    tracemalloc.start()
+    fake = np.zeros((pool, 1, 1, 1), dtype=np.uint8)
+    base = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    s = score(_RandomLogits(classes), fake, lambda b: b, device, None, batch_size=512)
+    k = int(0.03 * pool)
+    chosen = [select_global(s.confidence, k), select_balanced(s.confidence, s.prediction, k, classes)]
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    result = {"benchmark": "score", "images": images, "img_per_s": rates,
+              "score_vs_forward": rates["score"] / rates["forward_only"],
+              "pool": pool, "classes": classes, "selection_peak_mb": peak / 2**20,
+              "full_probability_matrix_mb": pool * classes * 4 / 2**20, "selected": [len(c) for c in chosen],
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    path = Path(out or "benchmarks/results/score-cpu.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    result["written_to"] = str(path)
+    return result

@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--models", nargs="*", help="only models whose name contains one of these")
     train.set_defaults(func=cmd_bench)
 
+    sc = bench_sub.add_parser("score", help="pool scoring: throughput vs forward-only, selection memory")
+    sc.add_argument("--out", default=None)
+    sc.set_defaults(func=lambda a: __import__("lossless.bench", fromlist=["x"]).run_score_bench(a.out))
+
     cfg_p = sub.add_parser("config", help="print the resolved configuration of a profile")
     cfg_p.add_argument("--list", action="store_true", help="list every parameter with its default")
     _profile_args(cfg_p)
