@@ -37,10 +37,20 @@ PSEUDO_KEYS = ("pl_rounds", "pl_rule", "pl_epochs", "pl_batch_size", "pl_lr", "p
 
 
 def select_global(confidence: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` most confident images (ties: the earlier position first)."""
-    k = min(k, len(confidence))
-    order = np.lexsort((np.arange(len(confidence)), -confidence.astype(np.float64)))
-    return np.sort(order[:k])
+    """Positions of the ``k`` most confident images (ties: the earlier position first).
+
+    No full sort: the k-th largest confidence is found by partition, every image above it is
+    taken, and the lowest positions among those equal to it fill the rest, the same set as a
+    stable sort by (-confidence, position), with one float copy of extra memory."""
+    c = np.asarray(confidence)
+    n = len(c)
+    k = min(k, n)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    threshold = np.partition(c, n - k)[n - k]
+    above = np.flatnonzero(c > threshold)
+    ties = np.flatnonzero(c == threshold)[: k - len(above)]
+    return np.sort(np.concatenate([above, ties]))
 
 
 def select_balanced(confidence: np.ndarray, prediction: np.ndarray, k: int, num_classes: int) -> np.ndarray:
