@@ -100,6 +100,11 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
 
 
+def cmd_bench_score(args: argparse.Namespace) -> dict:
+    from .bench import run_score_bench
+    return run_score_bench(args.out)
+
+
 def cmd_config(args: argparse.Namespace) -> dict:
     if args.list:
         return {k: {"default": d, "help": h} for k, (d, h) in config.PARAMETERS.items()}
@@ -167,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = bench_sub.add_parser("score", help="pool scoring: throughput vs forward-only, selection memory")
     sc.add_argument("--out", default=None)
-    sc.set_defaults(func=lambda a: __import__("lossless.bench", fromlist=["x"]).run_score_bench(a.out))
+    sc.set_defaults(func=cmd_bench_score)
 
     cfg_p = sub.add_parser("config", help="print the resolved configuration of a profile")
     cfg_p.add_argument("--list", action="store_true", help="list every parameter with its default")

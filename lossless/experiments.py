@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
 from . import config as config_mod
@@ -26,7 +25,6 @@ from .augment import Augmenter
 from .engine import resolve_device, resolve_precision
 from .evaluate import mean_std, paired_difference
 from .finetune import finetune
-from .models import build_backbone  # noqa: F401  (re-exported for the book)
 from .pretrain import backbone_for, load_data, pretrain
 from .probes import embed, knn_accuracy, linear_probe_accuracy
 from .pseudo import pseudo_label
