@@ -1,5 +1,4 @@
 """Fine-tuning, pseudo-labelling and evaluation (paper sections 3.4, 3.5)."""
-import json
 import math
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import torch
 from lossless import config, runs
 from lossless.errors import LosslessError
 from lossless.evaluate import calibration, paired_difference, score
-from lossless.finetune import finetune, two_rate_optimizer
+from lossless.finetune import finetune
 from lossless.pretrain import pretrain
 from lossless.pseudo import pseudo_label, select_balanced, select_global
 
