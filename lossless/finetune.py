@@ -56,7 +56,12 @@ class FeatureStandardizer(nn.Module):
 
 class Classifier(nn.Module):
     """Backbone -> standardisation -> head. ``forward(x)`` gives logits; ``forward((x, y))`` the
-    loss and accuracy of a training batch (the engine's task interface)."""
+    loss and accuracy of a training batch (the engine's task interface).
+
+    The per-channel input normalisation the backbone was trained with is part of the model
+    (buffers ``input_mean``/``input_std``, saved in every checkpoint): a pretrained backbone keeps
+    the statistics of its pretraining run, and a reloaded classifier sees its inputs exactly as it
+    did in training."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, augmenter: Augmenter):
         super().__init__()
@@ -64,6 +69,14 @@ class Classifier(nn.Module):
         self.standardize = FeatureStandardizer(backbone.feature_dim)
         self.head = ClassifierHead(backbone.feature_dim, num_classes)
         self.augmenter = augmenter
+        self.register_buffer("input_mean", torch.tensor(augmenter.mean, dtype=torch.float64))
+        self.register_buffer("input_std", torch.tensor(augmenter.std, dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # the augmenter normalises with the loaded statistics
+        self.augmenter.mean = tuple(self.input_mean.tolist())
+        self.augmenter.std = tuple(self.input_std.tolist())
 
     def prepare(self, batch: dict, generator: torch.Generator):
         return self.augmenter(batch["images"], generator)[0], batch["labels"]
@@ -109,6 +122,17 @@ class Classifier(nn.Module):
         self.train(was)
 
 
+def _pretraining_normalisation(path: Path, cfg: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    if not Path(path).is_file():
+        raise LosslessError(f"pretrained backbone {path} does not exist; run `lossless pretrain --profile "
+                            f"{cfg['profile']}` (with the same parameters) first")
+    ckpt = runs.load_checkpoint(path)
+    if "mean" not in ckpt or "std" not in ckpt:
+        raise LosslessError(f"{path} has no input normalisation (mean/std); it was not written by "
+                            f"`lossless pretrain`: pretrain again with this version")
+    return list(ckpt["mean"]), list(ckpt["std"])
+
+
 def load_backbone(path: Path, cfg: Mapping[str, Any], backbone: nn.Module) -> None:
     """Weights of a pretraining run into ``backbone``; a clear error when missing or mismatched."""
     if not Path(path).is_file():
@@ -129,9 +153,15 @@ def load_backbone(path: Path, cfg: Mapping[str, Any], backbone: nn.Module) -> No
 
 def build_classifier(cfg: Mapping[str, Any], split: data_mod.Split, pretrained: Path | None,
                      device: torch.device, amp) -> Classifier:
+    """The classifier of ``cfg``: a pretrained backbone (and the input normalisation of its
+    pretraining run) when ``pretrained`` is given, else a seeded random one normalised with the
+    statistics of this split's training images (measured the way pretraining measures them)."""
     data = split.data
     size = cfg.get("image_size") or data.image_shape[0]
-    mean, std = channel_stats(data.images, pretraining_indices(split), seed=0)
+    if pretrained is not None:
+        mean, std = _pretraining_normalisation(pretrained, cfg)
+    else:
+        mean, std = channel_stats(data.images, pretraining_indices(split), seed=cfg["seed"])
     augmenter = Augmenter([finetune_view(size, (cfg["crop_scale_min"], 1.0), (0.1, cfg["blur_sigma_max"]))], mean, std)
     torch.manual_seed(cfg["seed"])
     backbone = backbone_for(cfg, data)
@@ -174,7 +204,8 @@ def validation_metrics(model: Classifier, split: data_mod.Split, device, amp, na
 
 def finetune_dir(cfg: Mapping[str, Any], init: str, pretrained: Path | None) -> Path:
     keys = {k: cfg.get(k) for k in set(PRETRAIN_KEYS) | set(FINETUNE_KEYS)}
-    keys.update(init=init, pretrained=str(pretrained) if pretrained else None)
+    # version 2: the input normalisation comes from the pretraining run (version 1 re-measured it)
+    keys.update(init=init, pretrained=str(pretrained) if pretrained else None, version=2)
     return runs.run_dir(cfg, f"finetune-{init}", keys)
 
 

@@ -165,3 +165,19 @@ def test_interrupted_round_resumes_to_the_same_result(tmp_path, monkeypatch):
     monkeypatch.undo()
     resumed = pseudo_label(cfg)
     assert resumed["rounds"] == straight["rounds"]  # same selections, precisions and accuracies
+
+
+def test_classifier_keeps_the_pretraining_normalisation_and_reloads_exactly(tmp_path):
+    from lossless import data
+    from lossless.engine import resolve_device
+    from lossless.finetune import load_classifier
+    cfg = smoke(tmp_path, ft_epochs=2, seed=3)       # seed 3: the split (and its statistics) differ from seed 0's
+    pre = pretrain(smoke(tmp_path, ft_epochs=2))     # the backbone of seed 0, shared across seeds
+    stored = runs.load_checkpoint(Path(pre["backbone"]))
+    result = finetune(cfg, "barlow", Path(pre["backbone"]))
+    split = data.load_split(cfg, progress=False)
+    device = resolve_device("cpu")
+    model = load_classifier(cfg, split, Path(result["classifier"]), device, None)
+    assert model.augmenter.mean == tuple(stored["mean"]) and model.augmenter.std == tuple(stored["std"])
+    again = score(model, split.images("test"), model.augmenter.plain, device, None)
+    assert np.mean(again.prediction == split.labels("test")) == pytest.approx(result["test_accuracy"], abs=1e-12)
