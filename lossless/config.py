@@ -103,6 +103,12 @@ class Config(dict):
         except KeyError:
             raise AttributeError(_unknown_key_message(key)) from None
 
+    def replace(self, **values: Any) -> "Config":
+        """A copy with some parameters changed (checked and typed like any override)."""
+        new = Config(self)
+        _apply(new, values, source="arguments")
+        return new
+
     def subset(self, prefix: str) -> dict[str, Any]:
         """The keys that start with ``prefix``, with the prefix removed."""
         return {k[len(prefix):]: v for k, v in self.items() if k.startswith(prefix)}

@@ -98,3 +98,43 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
     runs.write_json(out / "result.json", result)
     result["written_to"] = str(out / "result.json")
     return result
+
+
+# The paper's figures (800 classes, 32 labels per class, ResNet-34 pretrained for 1,000 epochs).
+PAPER = {"barlow_finetune": "43.46 val / 43.34 test", "pseudo_global": "47.66 val / 47.63 test"}
+LABELS = {"supervised": "supervised only (random init)", "knn_probe": "k-NN probe (frozen features)",
+          "linear_probe": "linear probe (frozen features)", "barlow_finetune": "Barlow Twins + fine-tune",
+          "pseudo_global": "+ pseudo-labels, global top p%", "pseudo_balanced": "+ pseudo-labels, class-balanced"}
+
+
+def summary_rows(result: Mapping[str, Any]) -> list[dict]:
+    """One row per method: test accuracy (%) mean and std over seeds, beside the paper's number."""
+    rows = []
+    for m in METHODS:
+        s = result["summary"][m]
+        rows.append({"method": LABELS[m], "test accuracy %": f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}",
+                     "seeds": s["n"], "paper (800 classes)": PAPER.get(m, "")})
+    return rows
+
+
+def difference_rows(result: Mapping[str, Any]) -> list[dict]:
+    """The paired differences (percentage points) with their 95% intervals."""
+    rows = []
+    for name, d in result["paired_differences"].items():
+        rows.append({"claim": name, "mean (points)": round(100 * d["mean"], 2),
+                     "95% interval": f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
+                     "interval above 0": bool(d["low"] > 0), "seeds": d["n"]})
+    return rows
+
+
+def budget_rows(result: Mapping[str, Any]) -> list[dict]:
+    """Mean test accuracy (%) per labels-per-class budget for both starts."""
+    out = []
+    for k in sorted({r["labels_per_class"] for r in result["label_budget"]}):
+        rs = [r for r in result["label_budget"] if r["labels_per_class"] == k]
+        row = {"labels per class": k, "seeds": len(rs)}
+        for m in ("supervised", "barlow_finetune"):
+            s = mean_std([r[m] for r in rs])
+            row[LABELS[m] + " %"] = f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+        out.append(row)
+    return out

@@ -269,3 +269,35 @@ def load_classifier(cfg: Mapping[str, Any], split: data_mod.Split, checkpoint: P
     model = build_classifier(dict(cfg, ft_standardize=False), split, None, device, amp)
     model.load_state_dict(runs.load_checkpoint(checkpoint)["model"])
     return model
+
+
+# ------------------------------------------------------------------ what the chapter measures
+@torch.no_grad()
+def feature_scale(cfg: Mapping[str, Any], split: data_mod.Split, pretrained: Path | None) -> dict:
+    """How large the backbone's features are before the head sees them: the statistics the
+    standardisation measures (on 5,000 unlabelled images, batch norm recalibrated first)."""
+    device = resolve_device(cfg["device"])
+    amp = resolve_precision(cfg["precision"], device)
+    model = build_classifier(dict(cfg, ft_standardize=True), split, pretrained, device, amp)
+    mean, std = model.standardize.mean.float(), model.standardize.std.float()
+    floor = 0.1 * float(std.median()) + 1e-6
+    return {"features": int(len(std)), "norm of the mean feature vector": round(float(mean.norm()), 2),
+            "median feature std": round(float(std.median()), 3), "largest feature std": round(float(std.max()), 3),
+            "features at the std floor (dead)": int((std <= floor * (1 + 1e-6)).sum())}
+
+
+def backbone_drift(pretrained: Path, classifier_checkpoint: Path) -> list[dict]:
+    """How far fine-tuning moved each stage of a pretrained backbone: ||w_after - w_before|| /
+    ||w_before|| over the stage's weights (batch-norm statistics excluded)."""
+    before = runs.load_checkpoint(pretrained)["backbone"]
+    after = {k[len("backbone."):]: v for k, v in runs.load_checkpoint(classifier_checkpoint)["model"].items()
+             if k.startswith("backbone.")}
+    rows: dict[str, list[float]] = {}
+    for k, w in before.items():
+        if not w.is_floating_point() or "running_" in k:
+            continue
+        stage = k.split(".")[0]
+        d = rows.setdefault(stage, [0.0, 0.0])
+        d[0] += float((after[k].double() - w.double()).pow(2).sum())
+        d[1] += float(w.double().pow(2).sum())
+    return [{"stage": s, "relative change": (d / max(n, 1e-30)) ** 0.5} for s, (d, n) in rows.items()]

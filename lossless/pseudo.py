@@ -171,3 +171,62 @@ def _train_round(cfg, split: data_mod.Split, checkpoint: Path, rdir: Path, pseud
                epoch_scheduler=plateau, scheduler_metric="val_acc")
     return finish_classifier(rdir, engine, model, split, device, amp,
                              {"train_images": int(len(train)), "train_seconds": round(time.perf_counter() - t0, 1)})
+
+
+# ------------------------------------------------------------------ what the chapter measures
+def select_capped(confidence: np.ndarray, k: int, batch: int = 512, cap: int = 150) -> np.ndarray:
+    """The authors' selection: keep the ``cap`` most confident of every consecutive ``batch`` of
+    the pool (in the order it was scored), then the ``k`` most confident of those."""
+    c = np.asarray(confidence)
+    kept = np.concatenate([s + select_global(c[s:s + batch], cap) for s in range(0, len(c), batch)] or
+                          [np.empty(0, dtype=np.int64)])
+    return np.sort(kept[select_global(c[kept], k)])
+
+
+def score_pool(cfg: Mapping[str, Any], checkpoint: Path) -> tuple[np.ndarray, Any]:
+    """The unlabelled pool of ``cfg``'s split scored by a classifier checkpoint: (pool, scores)."""
+    device = resolve_device(cfg["device"])
+    amp = resolve_precision(cfg["precision"], device)
+    split = load_data(cfg, False)
+    model = load_classifier(cfg, split, Path(checkpoint), device, amp)
+    pool = split.unlabelled
+    return pool, score(model, split.data.images[pool], model.augmenter.plain, device, amp)
+
+
+def selection_curve(scores, true: np.ndarray, percents, num_classes: int) -> list[dict]:
+    """For each percentage of the pool: how precise each rule's selection is, and how many
+    classes the global rule's selection covers (the hidden true labels only score the choice)."""
+    rows = []
+    n = len(true)
+    for p in percents:
+        k = int(round(p / 100 * n))
+        g = select_global(scores.confidence, k)
+        b = select_balanced(scores.confidence, scores.prediction, k, num_classes)
+        share = np.bincount(scores.prediction[g], minlength=num_classes) / max(len(g), 1)
+        rows.append({"percent": p, "selected": len(g),
+                     "global precision": float(np.mean(scores.prediction[g] == true[g])),
+                     "balanced precision": float(np.mean(scores.prediction[b] == true[b])),
+                     "classes in global": int((share > 0).sum()),
+                     "largest class share (global)": float(share.max()),
+                     "lowest confidence taken (global)": float(scores.confidence[g].min())})
+    return rows
+
+
+def cap_effect(scores, true: np.ndarray, percents, batch: int = 512, cap: int = 150) -> list[dict]:
+    """How much the authors' per-batch cap changes the global selection: with the pool scored in
+    its stored (shuffled) order, and in an order sorted by predicted class (a class-ordered image
+    folder scored without shuffling)."""
+    rows = []
+    orders = {"stored order": np.arange(len(true)),
+              "sorted by predicted class": np.argsort(scores.prediction, kind="stable")}
+    for name, order in orders.items():
+        conf = scores.confidence[order]
+        for p in percents:
+            k = int(round(p / 100 * len(true)))
+            exact, capped = order[select_global(conf, k)], order[select_capped(conf, k, batch, cap)]
+            rows.append({"pool order": name, "percent": p, "k": k,
+                         "capped selects": len(capped),
+                         "shared with exact top-k": len(np.intersect1d(exact, capped)) / max(k, 1),
+                         "precision exact": float(np.mean(scores.prediction[exact] == true[exact])),
+                         "precision capped": float(np.mean(scores.prediction[capped] == true[capped]))})
+    return rows

@@ -107,3 +107,133 @@ def curve(xs, ys, xlabel: str, ylabel: str, logy: bool = False):
         ax.set_yscale("log")
     fig.tight_layout()
     return fig
+
+
+def confusion(matrix, classes: Sequence[str], normalise: bool = True):
+    """Confusion matrix (rows: true class, columns: prediction), each row as fractions."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if normalise:
+        m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalise else None)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def epoch_curves(runs: dict[str, list[dict]], metrics: Sequence[str] = ("val_loss", "val_acc")):
+    """Per-epoch metrics of several runs (one panel per metric)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for name, rows in runs.items():
+            ax.plot([r["epoch"] for r in rows], [r[m] for r in rows], label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(m)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def pseudo_rounds(histories: dict[str, list[dict]]):
+    """Accuracy (test and validation) after each round, and the precision of each round's picks."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
+    for name, rounds in histories.items():
+        xs = [r["round"] for r in rounds]
+        line, = a.plot(xs, [100 * r["test_accuracy"] for r in rounds], marker="o", label=f"{name}: test")
+        a.plot(xs, [100 * r["val_accuracy"] for r in rounds], marker="x", ls="--", color=line.get_color(),
+               label=f"{name}: val")
+        picked = [r for r in rounds if r.get("precision") is not None]
+        b.plot([r["round"] for r in picked], [100 * r["precision"] for r in picked], marker="o", label=name)
+    a.set_xlabel("round (0: fine-tuned)")
+    a.set_ylabel("accuracy %")
+    a.legend(fontsize=7)
+    b.set_xlabel("round")
+    b.set_ylabel("pseudo-labels correct %")
+    b.legend(fontsize=8)
+    for ax in (a, b):
+        ax.set_xticks(sorted({r["round"] for rs in histories.values() for r in rs}))
+    fig.tight_layout()
+    return fig
+
+
+def class_composition(histories: dict[str, list[dict]], classes: Sequence[str]):
+    """Which predicted classes each round's pseudo-labels belong to (stacked bars per rule and round)."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    bars, names = [], []
+    for name, rounds in histories.items():
+        for r in rounds:
+            if "per_class" in r:
+                bars.append(np.asarray(r["per_class"]))
+                names.append(f"{name}\nround {r['round']}")
+    colours = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    bottom = np.zeros(len(bars))
+    for c in range(len(classes)):
+        heights = np.array([b[c] for b in bars], dtype=float)
+        ax.bar(range(len(bars)), heights, bottom=bottom, color=colours(c % colours.N), label=classes[c])
+        bottom += heights
+    ax.set_xticks(range(len(bars)), names, fontsize=7)
+    ax.set_ylabel("images pseudo-labelled")
+    ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def reliability(calibrations: dict[str, dict]):
+    """Reliability diagram: accuracy against confidence per bin (the diagonal is perfect calibration)."""
+    fig, ax = plt.subplots(figsize=(4.6, 4))
+    ax.plot([0, 1], [0, 1], color="gray", lw=1, ls=":")
+    for name, cal in calibrations.items():
+        count = np.asarray(cal["count"])
+        keep = count > 0
+        ax.plot(np.asarray(cal["confidence"])[keep], np.asarray(cal["accuracy"])[keep], marker="o",
+                label=f"{name} (ECE {100 * cal['ece']:.1f}%)")
+    ax.set_xlabel("confidence (top softmax probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def precision_curve(rows: list[dict]):
+    """Precision of each selection rule against the share of the pool taken."""
+    fig, ax = plt.subplots(figsize=(6, 3))
+    xs = [r["percent"] for r in rows]
+    ax.plot(xs, [100 * r["global precision"] for r in rows], marker="o", label="global top p%")
+    ax.plot(xs, [100 * r["balanced precision"] for r in rows], marker="o", label="class-balanced")
+    ax.set_xlabel("% of the unlabelled pool selected")
+    ax.set_ylabel("pseudo-labels correct %")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def seeds_and_budget(result: dict, labels: dict[str, str]):
+    """Left: test accuracy of every method, one dot per seed. Right: accuracy against labels per
+    class for a random and a pretrained start (mean and spread over seeds)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    methods = list(result["summary"])
+    for i, m in enumerate(methods):
+        vals = [100 * r[m] for r in result["seeds"]]
+        a.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, s=14)
+        a.hlines(np.mean(vals), i - 0.25, i + 0.25, color="black", lw=1)
+    a.set_xticks(range(len(methods)), [labels.get(m, m) for m in methods], rotation=25, ha="right", fontsize=7)
+    a.set_ylabel("test accuracy %")
+    curve = result.get("label_budget") or []
+    budgets = sorted({r["labels_per_class"] for r in curve})
+    for m in ("supervised", "barlow_finetune"):
+        means = [100 * np.mean([r[m] for r in curve if r["labels_per_class"] == k]) for k in budgets]
+        stds = [100 * np.std([r[m] for r in curve if r["labels_per_class"] == k]) for k in budgets]
+        b.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=labels.get(m, m))
+    b.set_xscale("log")
+    b.set_xticks(budgets, [str(k) for k in budgets])
+    b.set_xlabel("labels per class")
+    b.set_ylabel("test accuracy %")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -181,3 +181,40 @@ def test_classifier_keeps_the_pretraining_normalisation_and_reloads_exactly(tmp_
     assert model.augmenter.mean == tuple(stored["mean"]) and model.augmenter.std == tuple(stored["std"])
     again = score(model, split.images("test"), model.augmenter.plain, device, None)
     assert np.mean(again.prediction == split.labels("test")) == pytest.approx(result["test_accuracy"], abs=1e-12)
+
+
+def test_capped_selection_against_the_authors_loop():
+    rng = np.random.default_rng(4)
+    conf = rng.random(3000).astype(np.float32)
+    conf[1024:1536] += 1.0                                          # one batch holds all the most confident
+    k = 400
+    kept = []                                                       # their loop: per batch of 512, top 150, then sort
+    for s in range(0, len(conf), 512):
+        chunk = sorted(range(s, min(s + 512, len(conf))), key=lambda i: (-conf[i], i))[:150]
+        kept.extend(chunk)
+    reference = np.sort(sorted(kept, key=lambda i: (-conf[i], i))[:k])
+    from lossless.pseudo import select_capped
+    capped = select_capped(conf, k)
+    assert np.array_equal(capped, reference)
+    assert len(np.intersect1d(capped, select_global(conf, k))) < k  # the cap binds here
+    assert ((capped >= 1024) & (capped < 1536)).sum() == 150       # that batch gives only its 150
+
+
+def test_backbone_drift_against_a_hand_computed_perturbation(tmp_path):
+    from lossless.finetune import backbone_drift
+    from lossless.models import build_backbone
+    torch.manual_seed(0)
+    b = build_backbone("resnet18", in_channels=1, width=0.25)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    after = {f"backbone.{k}": v.clone() for k, v in before.items()}
+    w = after["backbone.layer2.0.conv1.weight"]
+    w += 0.5 * w                                                    # one tensor of layer 2 grows by half
+    after["backbone.layer3.0.bn1.running_mean"] += 100.0            # statistics are not weights
+    runs.save_checkpoint(tmp_path / "pre.pt", {"backbone": before})
+    runs.save_checkpoint(tmp_path / "ft.pt", {"model": after})
+    drift = {r["stage"]: r["relative change"] for r in backbone_drift(tmp_path / "pre.pt", tmp_path / "ft.pt")}
+    layer2 = [v for k, v in before.items() if k.startswith("layer2.") and v.is_floating_point() and "running_" not in k]
+    expected = 0.5 * float(before["layer2.0.conv1.weight"].double().norm()) / math.sqrt(
+        sum(float(v.double().pow(2).sum()) for v in layer2))
+    assert drift["layer2"] == pytest.approx(expected, rel=1e-6)          # 1.5 x w rounds to float32
+    assert drift["stem"] == drift["layer1"] == drift["layer3"] == drift["layer4"] == 0.0
