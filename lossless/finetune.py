@@ -35,7 +35,7 @@ from .engine import Batches, Engine, EngineSettings, autocast_context, resolve_d
 from .errors import LosslessError
 from .evaluate import report, score
 from .models import ClassifierHead
-from .pretrain import PRETRAIN_KEYS, backbone_for, load_data, pretrain_dir, pretraining_indices
+from .pretrain import PRETRAIN_KEYS, backbone_for, load_data, pretrain, pretraining_indices
 
 FINETUNE_KEYS = ("ft_epochs", "ft_batch_size", "ft_lr_head", "ft_lr_backbone", "sup_lr_backbone", "ft_weight_decay",
                  "ft_standardize", "precision", "crop_scale_min", "blur_sigma_max")
@@ -212,7 +212,7 @@ def finetune_dir(cfg: Mapping[str, Any], init: str, pretrained: Path | None) -> 
 def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | None = None) -> dict:
     """Fine-tune (``init="barlow"``: from a pretraining run) or train from scratch (``"random"``).
 
-    ``pretrained`` defaults to the backbone of the pretraining run of ``cfg``."""
+    ``pretrained`` defaults to the backbone of the pretraining run of ``cfg`` (run first if missing)."""
     if init not in ("barlow", "random"):
         raise LosslessError(f"init={init!r}: choose barlow or random")
     device = resolve_device(cfg["device"])
@@ -220,7 +220,9 @@ def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | No
     amp = resolve_precision(cfg["precision"], device)
     split = load_data(cfg, bool(cfg["progress"]))
     if init == "barlow":
-        pretrained = Path(pretrained or pretrain_dir(cfg) / "backbone.pt")
+        # an explicit checkpoint must exist; by default the configuration's own pretraining run
+        # is loaded, or trained first when it has not been (a chapter opened on its own works)
+        pretrained = Path(pretrained) if pretrained else Path(pretrain(cfg)["backbone"])
     else:
         pretrained = None
     run = finetune_dir(cfg, init, pretrained)

@@ -116,9 +116,12 @@ def test_finetuning_trains_with_two_learning_rates(tmp_path):
 
 def test_missing_or_foreign_pretraining_checkpoint(tmp_path):
     cfg = smoke(tmp_path)
-    with pytest.raises(LosslessError, match=r"pretrained backbone .*backbone.pt does not exist; run `lossless pretrain"):
-        finetune(cfg, "barlow")
-    pre = pretrain(cfg)
+    with pytest.raises(LosslessError, match=r"pretrained backbone .*nothing.pt does not exist; run `lossless pretrain"):
+        finetune(cfg, "barlow", tmp_path / "nothing.pt")
+    assert not any((tmp_path / "runs").glob("pretrain-*/backbone.pt"))
+    finetune(cfg, "barlow")                                     # by default: the configuration's run, trained first
+    pre = pretrain(cfg)                                         # ... and now found, not redone
+    assert Path(pre["backbone"]).is_file() and len(list((tmp_path / "runs").glob("pretrain-*"))) == 1
     with pytest.raises(LosslessError, match=r"backbone.pt holds another architecture .*width"):
         finetune(smoke(tmp_path, width=0.5), "barlow", Path(pre["backbone"]))
 
