@@ -111,9 +111,12 @@ def run_chapters(profile: str, params: Mapping[str, Any] | None = None, root: Pa
         tmp = executed.with_name(f".{executed.stem}.running.ipynb")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
+            # with progress on, the kernel's stderr (the engine's progress bars, one line per
+            # epoch) streams to this terminal as it is written, so a chapter that trains for
+            # minutes shows how far it is; papermill's own cell bar would share the line, so it is off
             papermill.execute_notebook(str(src), str(tmp), parameters={"profile": profile, **params},
-                                       kernel_name="python3", cwd=str(root), progress_bar=progress,
-                                       log_output=False)
+                                       kernel_name="python3", cwd=str(root), progress_bar=False,
+                                       log_output=False, stderr_file=sys.stderr if progress else None)
         except papermill.PapermillExecutionError as exc:
             raise LosslessError(f"chapter {md.relative_to(root)} failed in cell {exc.exec_count} "
                                 f"({exc.ename}: {exc.evalue}); the partly executed notebook is {tmp}") from None
