@@ -24,7 +24,7 @@ from . import runs
 from .augment import Augmenter
 from .engine import resolve_device, resolve_precision
 from .evaluate import mean_std, paired_difference
-from .finetune import finetune
+from .finetune import finetune, load_backbone
 from .pretrain import backbone_for, load_data, pretrain
 from .probes import embed, knn_accuracy, linear_probe_accuracy
 from .pseudo import pseudo_label
@@ -37,9 +37,9 @@ def frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
     device = resolve_device(cfg["device"])
     amp = resolve_precision(cfg["precision"], device)
     split = load_data(cfg, False)
-    ckpt = runs.load_checkpoint(backbone_path)
-    backbone = backbone_for(cfg, split.data).to(device)
-    backbone.load_state_dict(ckpt["backbone"])
+    backbone = backbone_for(cfg, split.data)
+    ckpt = load_backbone(backbone_path, cfg, backbone)
+    backbone = backbone.to(device)
     aug = Augmenter([], ckpt["mean"], ckpt["std"])
     bank, test = embed(backbone, split.images("labelled"), aug, device, amp), embed(backbone, split.images("test"), aug, device, amp)
     yb, yt = split.labels("labelled"), split.labels("test")
