@@ -269,11 +269,16 @@ def finish_classifier(run: Path, engine: Engine, model: Classifier, split: data_
 
 
 def load_classifier(cfg: Mapping[str, Any], split: data_mod.Split, checkpoint: Path, device, amp) -> Classifier:
-    """A classifier with the weights of a fine-tuning (or pseudo-label) checkpoint."""
+    """A classifier with the weights of a fine-tuning (or pseudo-label) checkpoint, in the memory
+    layout the engine trained and scored it in (``channels_last``), so that scoring it at the run's
+    precision (``amp``) reproduces the run's own scores: oneDNN picks its convolution kernels by
+    layout and precision, and on some processors (Intel AMX) another choice changes predictions."""
     state = runs.load_checkpoint(checkpoint)["model"]
     model = build_classifier(dict(cfg, ft_standardize=False), split, None, device, amp,
                              normalisation=(state["input_mean"].tolist(), state["input_std"].tolist()))
     model.load_state_dict(state)
+    if cfg["channels_last"] and device.type in ("cpu", "cuda"):
+        model = model.to(memory_format=torch.channels_last)
     return model
 
 

@@ -172,7 +172,8 @@ def test_interrupted_round_resumes_to_the_same_result(tmp_path, monkeypatch):
 
 def test_classifier_keeps_the_pretraining_normalisation_and_reloads_exactly(tmp_path):
     from lossless import data
-    from lossless.engine import resolve_device
+    from lossless.engine import resolve_device, resolve_precision
+    from lossless.evaluate import report
     from lossless.finetune import load_classifier
     cfg = smoke(tmp_path, ft_epochs=2, seed=3)       # seed 3: the split (and its statistics) differ from seed 0's
     pre = pretrain(smoke(tmp_path, ft_epochs=2))     # the backbone of seed 0, shared across seeds
@@ -180,10 +181,15 @@ def test_classifier_keeps_the_pretraining_normalisation_and_reloads_exactly(tmp_
     result = finetune(cfg, "barlow", Path(pre["backbone"]))
     split = data.load_split(cfg, progress=False)
     device = resolve_device("cpu")
-    model = load_classifier(cfg, split, Path(result["classifier"]), device, None)
+    amp = resolve_precision(cfg.precision, device)   # score it as the run did: same precision (bf16 here)
+    model = load_classifier(cfg, split, Path(result["classifier"]), device, amp)
     assert model.augmenter.mean == tuple(stored["mean"]) and model.augmenter.std == tuple(stored["std"])
-    again = score(model, split.images("test"), model.augmenter.plain, device, None)
-    assert np.mean(again.prediction == split.labels("test")) == pytest.approx(result["test_accuracy"], abs=1e-12)
+    again = report(score(model, split.images("test"), model.augmenter.plain, device, amp),
+                   split.labels("test"), split.data.num_classes)
+    # the same predictions and confidences as the run's own scoring: every count and the calibration
+    assert again["confusion"] == result["test_report"]["confusion"]
+    assert again["calibration"] == result["test_report"]["calibration"]
+    assert again["accuracy"] == result["test_accuracy"]
 
 
 def test_capped_selection_against_the_authors_loop():
