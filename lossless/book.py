@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .errors import LosslessError
+from .errors import LosslessError, disk_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,9 +58,57 @@ def chapter_notebooks(root: Path = ROOT) -> list[Path]:
     return [root / f"{f}.md" for f in toc_files(root) if (root / f"{f}.md").is_file() and is_notebook(root / f"{f}.md")]
 
 
+def chapter_parameters(root: Path = ROOT) -> dict[str, dict]:
+    """The variables that chapters declare in their ``parameters`` cell, beyond ``profile`` and the
+    configuration's own keys: ``{name: {"default": value, "chapters": [...]}}`` (the results
+    chapter's ``seeds``, say). Read from the source, so a new chapter parameter needs no registry."""
+    import ast
+
+    import jupytext
+    found: dict[str, dict] = {}
+    for md in chapter_notebooks(root):
+        cells = [c for c in jupytext.read(md).cells if "parameters" in c.metadata.get("tags", [])]
+        for cell in cells:
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    name = node.targets[0].id
+                    if name == "profile":
+                        continue
+                    entry = found.setdefault(name, {"default": ast.literal_eval(node.value), "chapters": []})
+                    entry["chapters"].append(md.stem)
+    return found
+
+
+def check_params(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> dict[str, Any]:
+    """``-p`` parameters of ``lossless book``, typed and checked before any chapter runs: a
+    configuration parameter by its domain (with the profile's other values), a chapter's own
+    parameter by the type of the value its ``parameters`` cell declares. Returns them typed."""
+    from . import config
+    declared = chapter_parameters(root)
+    typed, for_config = {}, {}
+    for key, value in params.items():
+        if key in config.PARAMETERS:
+            for_config[key] = value
+        elif key in declared:
+            d = declared[key]
+            typed[key] = config.coerce_like(key, value, d["default"], "-p",
+                                            f"declared by the chapter(s) {', '.join(d['chapters'])}")
+        else:
+            raise LosslessError(
+                f"-p {key}: unknown parameter; chapter parameters: {', '.join(sorted(declared)) or 'none'}; "
+                f"configuration parameters: {', '.join(k for k in config.PARAMETERS if k != 'profile')}")
+    cfg = config.load_profile(profile, for_config)
+    typed.update({k: cfg[k] for k in for_config})
+    return typed
+
+
 def book_dir(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> Path:
+    """``{runs root}/book-{profile}-{hash of the parameters}``: the runs root of every other run
+    folder (``runs_dir``, else ``$LOSSLESS_RUNS``, else ``./runs``), so one rule places them all."""
+    from . import config, runs
+    cfg = config.load_profile(profile, {k: v for k, v in params.items() if k in config.PARAMETERS})
     digest = hashlib.sha1(json.dumps(dict(params), sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return root / "runs" / f"book-{Path(str(profile)).stem}-{digest}"
+    return runs.runs_root(cfg) / f"book-{Path(str(profile)).stem}-{digest}"
 
 
 def _key(md: Path, profile: str, params: Mapping[str, Any]) -> str:
@@ -94,9 +142,27 @@ def write_parameterised(out: Path, profile: str, params: Mapping[str, Any] | Non
 def run_chapters(profile: str, params: Mapping[str, Any] | None = None, root: Path = ROOT,
                  out_dir: Path | None = None, progress: bool = True) -> list[dict]:
     """Execute every chapter notebook in order; returns one record per chapter (ran or skipped)."""
-    import papermill
     params = dict(params or {})
     out_dir = out_dir or book_dir(profile, params, root)
+    # the chapters' stages put their run folders beside the book's folder, wherever the command ran
+    saved = os.environ.get("LOSSLESS_RUNS")
+    os.environ["LOSSLESS_RUNS"] = str(out_dir.parent)
+    try:
+        return _run_each(profile, params, root, out_dir, progress)
+    finally:
+        if saved is None:
+            os.environ.pop("LOSSLESS_RUNS", None)
+        else:
+            os.environ["LOSSLESS_RUNS"] = saved
+
+
+def _run_each(profile: str, params: dict, root: Path, out_dir: Path, progress: bool) -> list[dict]:
+    with disk_errors(out_dir):  # a full disk: one message naming the file, finished chapters kept
+        return _run_each_chapter(profile, params, root, out_dir, progress)
+
+
+def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, progress: bool) -> list[dict]:
+    import papermill
     records = []
     for md in chapter_notebooks(root):
         src = write_notebook(md, out_dir / "src" / f"{md.stem}.ipynb")
@@ -170,7 +236,8 @@ def _ship_mathjax(site: Path, root: Path) -> None:
 
 
 def build_html(out_dir: Path, root: Path = ROOT, warnings_are_errors: bool = True) -> Path:
-    site = stage_site(out_dir, root)
+    with disk_errors(out_dir / "site"):
+        site = stage_site(out_dir, root)
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(site), "--builder", "html"]
     if warnings_are_errors:
         cmd += ["-W", "-n", "--keep-going"]

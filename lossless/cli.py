@@ -35,7 +35,7 @@ def cmd_data_check(args: argparse.Namespace) -> dict:
     from . import data
     cfg = _config(args, dataset=args.dataset, data_root=args.root, seed=args.seed,
                   labels_per_class=args.labels_per_class, val_per_class=args.val_per_class)
-    return data.load_split(cfg, progress=not args.quiet).summary()
+    return data.load_split(cfg, progress=not args.quiet, verify=args.verify).summary()
 
 
 def cmd_pretrain(args: argparse.Namespace) -> dict:
@@ -56,10 +56,14 @@ def cmd_bench(args: argparse.Namespace) -> dict:
 
 def cmd_book(args: argparse.Namespace) -> dict:
     from .book import build_book
+    from .book import check_params
     params = {}
     for key, value in args.param or []:
         params.update(config.parse_overrides([f"{key}={value}"]))
-    config.load_profile(args.profile, params)  # unknown keys or bad types fail here, before any chapter runs
+    # unknown names, bad types and values out of their domain fail here, before any chapter runs
+    params = check_params(args.profile, params)
+    if params.get("runs_dir"):  # the chapters run with the project as their folder: pass it absolute
+        params["runs_dir"] = str(Path(params["runs_dir"]).expanduser().absolute())
     if args.notebooks_only:
         from .book import write_parameterised
         paths = write_parameterised(Path(args.notebooks_only), args.profile, params)
@@ -84,9 +88,11 @@ def cmd_pseudo(args: argparse.Namespace) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from . import runs as runs_mod
+    if not Path(args.run).is_dir():
+        raise LosslessError(f"{args.run} is not a run folder (no such directory); give a runs/finetune-* or "
+                            f"runs/pseudo-*/roundN folder")
     result = runs_mod.find_result(Path(args.run))
     if result is None:
-        from .errors import LosslessError
         raise LosslessError(f"{args.run} has no result.json: the stage has not finished")
     return {k: v for k, v in result.items() if not k.endswith("_report")} | {
         f"{n}_ece": result[f"{n}_report"]["calibration"]["ece"] for n in ("val", "test") if f"{n}_report" in result}
@@ -107,7 +113,7 @@ def cmd_bench_score(args: argparse.Namespace) -> dict:
 
 def cmd_config(args: argparse.Namespace) -> dict:
     if args.list:
-        return {k: {"default": d, "help": h} for k, (d, h) in config.PARAMETERS.items()}
+        return {k: {"default": d, "help": h, "allowed": dom.allowed} for k, (d, h, dom) in config.PARAMETERS.items()}
     return dict(_config(args))
 
 
@@ -123,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int)
     check.add_argument("--labels-per-class", type=int)
     check.add_argument("--val-per-class", type=int)
+    check.add_argument("--verify", action="store_true",
+                       help="hash the cached arrays against their checksums (always done for caches up to 2 GB)")
     _profile_args(check)
     check.set_defaults(func=cmd_data_check)
 
@@ -188,6 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = func(args)
     except LosslessError as exc:
         print(f"lossless: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk wherever it strikes: one line, not a traceback
+        from .errors import DISK_FULL, disk_full_message
+        if exc.errno not in DISK_FULL:
+            raise
+        print(f"lossless: error: {disk_full_message(Path(exc.filename or '.'), exc)}", file=sys.stderr)
         return 2
     from . import distributed
     if distributed.info().is_main:

@@ -8,90 +8,237 @@ Flat keys mean the same file works three ways:
   key as a variable, and :func:`from_namespace` picks them up in the notebook;
 * Python: ``load_profile("cpu", seed=3)``.
 
-Every key has a default in :data:`PARAMETERS`; a profile only lists what it changes. Unknown keys
-and values of the wrong type are errors that name the key (a typo must never be ignored silently).
+Every key has a default in :data:`PARAMETERS`, a meaning and a domain (the values it may take); a
+profile only lists what it changes. Unknown keys, values of the wrong type and values outside their
+domain are errors that name the key, the value and what is allowed, raised when the configuration
+is resolved, before anything is created (a typo must never be ignored silently, and ``ssl_epochs=0``
+must not leave an untrained "result").
 """
 from __future__ import annotations
 
 import difflib
+import math
 import os
+import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError  # noqa: F401 (re-exported)
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "cpu"
 
-# name -> (default, what it means). Later stages add their keys here.
-PARAMETERS: dict[str, tuple[Any, str]] = {
-    "profile": (DEFAULT_PROFILE, "name of the profile these values came from"),
+
+# ------------------------------------------------------------------ the values a parameter may take
+class Domain:
+    """What values a parameter may take: ``check(value)`` is true for an allowed value, and
+    ``allowed`` says in words what is allowed (it ends the error message of a rejected value).
+    Types are already checked (see :func:`_coerce`); a domain checks the value."""
+
+    def __init__(self, allowed: str, check: Callable[[Any], bool], bad: tuple = ()):
+        self.allowed, self.check = allowed, check
+        self.bad = bad  # values it rejects, as ``key=value`` text: the tests try each one
+
+    def __repr__(self) -> str:
+        return f"Domain({self.allowed})"
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def at_least(low, kind=int) -> Domain:
+    what = "an integer" if kind is int else "a finite number"
+    below = low - 1 if kind is int else low / 2
+    return Domain(f"{what} >= {low}", lambda v: _finite(v) and v >= low, (str(below), "nan", "x"))
+
+
+def choice(*options) -> Domain:
+    return Domain("one of " + ", ".join(map(str, options)), lambda v: v in options, ("nonsense", "[1, 2]"))
+
+
+def optional(domain: Domain) -> Domain:
+    return Domain(f"null or {domain.allowed}", lambda v: v is None or domain.check(v), domain.bad)
+
+
+def _sizes_ok(v) -> bool:
+    try:
+        return len(sizes(v)) > 0
+    except ValueError:
+        return False
+
+
+def _percentages_ok(v) -> bool:
+    try:
+        values = percentages(v)
+    except ValueError:
+        return False
+    return bool(values) and all(0 < x <= 100 for x in values) and sum(values) <= 100 + 1e-9
+
+
+def sizes(text) -> tuple[int, ...]:
+    """``"1024-1024-1024"`` -> (1024, 1024, 1024); ValueError unless positive integers."""
+    out = tuple(int(t) for t in str(text).split("-"))
+    if any(n < 1 for n in out):
+        raise ValueError(text)
+    return out
+
+
+def percentages(text) -> list[float]:
+    """``"3,3,3"`` -> [3.0, 3.0, 3.0]; ValueError when a part is not a number."""
+    return [float(t) for t in str(text).replace("-", ",").split(",") if t.strip()]
+
+
+TEXT = Domain("a string", lambda v: isinstance(v, str), ("[1, 2]", "{a: 1}"))
+BOOL = Domain("true or false", lambda v: isinstance(v, bool), ("maybe", "2"))
+POSITIVE_INT = at_least(1)
+NONNEG_INT = at_least(0)
+POSITIVE = Domain("a finite number > 0", lambda v: _finite(v) and v > 0, ("0", "-1", "nan", "inf", "x"))
+NONNEG = Domain("a finite number >= 0", lambda v: _finite(v) and v >= 0, ("-1e-3", "nan", "-inf", "x"))
+UNIT_INTERVAL_OPEN = Domain("a number in (0, 1)", lambda v: _finite(v) and 0 < v < 1, ("0", "1", "nan"))
+UNIT_INTERVAL_OPEN_CLOSED = Domain("a number in (0, 1]", lambda v: _finite(v) and 0 < v <= 1, ("0", "1.5", "nan"))
+DEVICE = Domain("auto, cpu, cuda or cuda:N",
+                lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+                ("gpu", "cuda:x"))
+SIZES = Domain("layer sizes as positive integers joined by '-', e.g. 1024-1024-1024", _sizes_ok,
+               ("1024-0", "abc", "-"))
+PERCENTAGES = Domain("percentages of the pool in (0, 100] separated by commas, adding up to at most 100, "
+                     "e.g. 3,3,3", _percentages_ok, ("0", "60,60", "abc", "3,x"))
+
+# Rules that tie two parameters together: (keys, check(cfg), what is allowed).
+RELATIONS: list[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], str]] = [
+    (("ssl_warmup_epochs", "ssl_epochs"), lambda c: c["ssl_warmup_epochs"] <= c["ssl_epochs"],
+     "the warm-up cannot be longer than the training (ssl_warmup_epochs <= ssl_epochs)"),
+]
+
+# name -> (default, what it means, the values it may take). Later stages add their keys here.
+PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
+    "profile": (DEFAULT_PROFILE, "name of the profile these values came from",
+        TEXT),
     # --- data (paper section 3.1) ---
-    "dataset": ("fashion-mnist", "synthetic | fashion-mnist | stl10 | nyu-dl21 | imagefolder"),
-    "data_root": (None, "folder holding the dataset's files (None: the source's default search)"),
-    "cache_dir": (None, "where decoded arrays are cached (None: $LOSSLESS_CACHE or ~/.cache/lossless)"),
-    "download": (True, "allow torchvision to download fashion-mnist / stl10 when files are missing"),
-    "labels_per_class": (32, "labelled training images per class (the paper: 25,600 / 800 = 32)"),
-    "val_per_class": (100, "validation images per class carved from the training part"),
-    "seed": (0, "picks the split (and seeds training)"),
-    "num_classes": (None, "nyu-dl21 only: number of classes (None: 800)"),
-    "synthetic_train": (2000, "synthetic: training images"),
-    "synthetic_test": (500, "synthetic: test images"),
-    "synthetic_classes": (10, "synthetic: number of classes"),
-    "synthetic_size": (32, "synthetic: image side in pixels"),
-    "synthetic_channels": (3, "synthetic: 1 (gray) or 3 (colour)"),
+    "dataset": ("fashion-mnist", "synthetic | fashion-mnist | stl10 | nyu-dl21 | imagefolder",
+        choice("synthetic", "fashion-mnist", "stl10", "nyu-dl21", "imagefolder")),
+    "data_root": (None, "folder holding the dataset's files (None: the source's default search)",
+        optional(TEXT)),
+    "cache_dir": (None, "where decoded arrays are cached (None: $LOSSLESS_CACHE or ~/.cache/lossless)",
+        optional(TEXT)),
+    "download": (True, "allow torchvision to download fashion-mnist / stl10 when files are missing",
+        BOOL),
+    "labels_per_class": (32, "labelled training images per class (the paper: 25,600 / 800 = 32)",
+        POSITIVE_INT),
+    "val_per_class": (100, "validation images per class carved from the training part",
+        POSITIVE_INT),
+    "seed": (0, "picks the split (and seeds training)",
+        NONNEG_INT),
+    "num_classes": (None, "nyu-dl21 only: number of classes (None: 800)",
+        optional(at_least(2))),
+    "synthetic_train": (2000, "synthetic: training images",
+        POSITIVE_INT),
+    "synthetic_test": (500, "synthetic: test images",
+        NONNEG_INT),
+    "synthetic_classes": (10, "synthetic: number of classes",
+        at_least(2)),
+    "synthetic_size": (32, "synthetic: image side in pixels",
+        at_least(8)),
+    "synthetic_channels": (3, "synthetic: 1 (gray) or 3 (colour)",
+        choice(1, 3)),
     # --- running ---
-    "device": ("auto", "auto | cpu | cuda | cuda:N"),
-    "precision": ("auto", "auto (bf16 on CPU and recent GPUs) | bf16 | fp16 (GPU) | fp32"),
-    "channels_last": (True, "NHWC memory layout for convolutions (much faster with bf16 on CPU)"),
-    "compile": (False, "torch.compile the training step"),
-    "runs_dir": (None, "where run folders go (None: $LOSSLESS_RUNS or ./runs)"),
-    "progress": (True, "show progress bars"),
-    "checkpoint_every_steps": (0, "also checkpoint every N steps inside an epoch (0: each epoch only)"),
+    "device": ("auto", "auto | cpu | cuda | cuda:N",
+        DEVICE),
+    "precision": ("auto", "auto (bf16 on CPU and recent GPUs) | bf16 | fp16 (GPU) | fp32",
+        choice("auto", "bf16", "fp16", "fp32")),
+    "channels_last": (True, "NHWC memory layout for convolutions (much faster with bf16 on CPU)",
+        BOOL),
+    "compile": (False, "torch.compile the training step",
+        BOOL),
+    "runs_dir": (None, "where run folders go (None: $LOSSLESS_RUNS or ./runs)",
+        optional(TEXT)),
+    "progress": (True, "show progress bars",
+        BOOL),
+    "checkpoint_every_steps": (0, "also checkpoint every N steps inside an epoch (0: each epoch only)",
+        NONNEG_INT),
     # --- backbone (paper section 3.2) ---
-    "backbone": ("resnet34", "resnet34 (the paper's) | resnet18 | vgg16"),
-    "width": (1.0, "channel multiplier of every stage (0.25 on a laptop CPU)"),
-    "layer4_stride": (2, "2: 6x6 map at 96 px (the paper's text); 1: 12x12 (the authors' code)"),
-    "maxpool": (True, "keep the stem's 3x3/2 max-pool (the paper does)"),
-    "image_size": (None, "side the views are resized to (None: the dataset's own)"),
+    "backbone": ("resnet34", "resnet34 (the paper's) | resnet18 | vgg16",
+        choice("resnet34", "resnet18", "vgg16")),
+    "width": (1.0, "channel multiplier of every stage (0.25 on a laptop CPU)",
+        POSITIVE),
+    "layer4_stride": (2, "2: 6x6 map at 96 px (the paper's text); 1: 12x12 (the authors' code)",
+        choice(1, 2)),
+    "maxpool": (True, "keep the stem's 3x3/2 max-pool (the paper does)",
+        BOOL),
+    "image_size": (None, "side the views are resized to (None: the dataset's own)",
+        optional(at_least(8))),
     # --- self-supervised pretraining (paper section 3.3) ---
-    "ssl_method": ("barlow", "barlow"),
-    "ssl_epochs": (1000, "pretraining epochs (the paper: 1000)"),
-    "ssl_batch_size": (1024, "global batch (the paper: 1024)"),
-    "ssl_lr": (0.2, "base learning rate per 256 images (scaled by batch/256)"),
-    "ssl_optimizer": ("lars", "lars (the paper's) | sgd | adamw"),
-    "ssl_weight_decay": (1e-6, "weight decay (not on biases and norm parameters)"),
-    "ssl_warmup_epochs": (10, "linear warm-up epochs before the cosine decay"),
-    "ssl_max_steps_per_epoch": (None, "cap on steps per epoch (smoke tests, benchmarks)"),
-    "projector": ("1024-1024-1024", "projector layer sizes"),
-    "barlow_lambda": (5e-3, "weight of the redundancy term (paper 5e-3; authors' code 3.9e-3)"),
-    "barlow_scale": (1.0, "loss multiplier (authors' code 1/32 = 0.03125)"),
-    "crop_scale_min": (0.08, "smallest crop area fraction of the random resized crop"),
-    "blur_sigma_max": (2.0, "largest Gaussian blur sigma in pixels"),
-    "jitter_strength": (1.0, "multiplier of the colour-jitter magnitudes"),
-    "interpolation": ("bilinear", "crop resize: bilinear | bicubic (the authors')"),
-    "knn_k": (20, "neighbours of the k-NN monitor"),
-    "knn_every": (1, "run the k-NN monitor every N epochs"),
+    "ssl_method": ("barlow", "barlow",
+        choice("barlow")),
+    "ssl_epochs": (1000, "pretraining epochs (the paper: 1000)",
+        POSITIVE_INT),
+    "ssl_batch_size": (1024, "global batch (the paper: 1024)",
+        at_least(2)),
+    "ssl_lr": (0.2, "base learning rate per 256 images (scaled by batch/256)",
+        POSITIVE),
+    "ssl_optimizer": ("lars", "lars (the paper's) | sgd | adamw",
+        choice("lars", "sgd", "adamw")),
+    "ssl_weight_decay": (1e-6, "weight decay (not on biases and norm parameters)",
+        NONNEG),
+    "ssl_warmup_epochs": (10, "linear warm-up epochs before the cosine decay",
+        NONNEG_INT),
+    "ssl_max_steps_per_epoch": (None, "cap on steps per epoch (smoke tests, benchmarks)",
+        optional(POSITIVE_INT)),
+    "projector": ("1024-1024-1024", "projector layer sizes",
+        SIZES),
+    "barlow_lambda": (5e-3, "weight of the redundancy term (paper 5e-3; authors' code 3.9e-3)",
+        POSITIVE),
+    "barlow_scale": (1.0, "loss multiplier (authors' code 1/32 = 0.03125)",
+        POSITIVE),
+    "crop_scale_min": (0.08, "smallest crop area fraction of the random resized crop",
+        UNIT_INTERVAL_OPEN_CLOSED),
+    "blur_sigma_max": (2.0, "largest Gaussian blur sigma in pixels",
+        at_least(0.1, float)),
+    "jitter_strength": (1.0, "multiplier of the colour-jitter magnitudes",
+        NONNEG),
+    "interpolation": ("bilinear", "crop resize: bilinear | bicubic (the authors')",
+        choice("bilinear", "bicubic")),
+    "knn_k": (20, "neighbours of the k-NN monitor",
+        POSITIVE_INT),
+    "knn_every": (1, "run the k-NN monitor every N epochs",
+        POSITIVE_INT),
     # --- classifier fine-tuning (paper section 3.4) ---
-    "ft_epochs": (100, "fine-tuning epochs (the authors' driver: 100)"),
-    "ft_batch_size": (128, "fine-tuning batch"),
-    "ft_lr_head": (0.01, "SGD learning rate of the two-layer head"),
-    "ft_lr_backbone": (0.0008, "SGD learning rate of the backbone"),
-    "ft_weight_decay": (1e-5, "fine-tuning weight decay"),
-    "sup_lr_backbone": (0.05, "backbone rate of the supervised-only baseline (random init), chosen on validation"),
-    "ft_standardize": (True, "standardise backbone features before the head (statistics from unlabelled images)"),
+    "ft_epochs": (100, "fine-tuning epochs (the authors' driver: 100)",
+        POSITIVE_INT),
+    "ft_batch_size": (128, "fine-tuning batch",
+        POSITIVE_INT),
+    "ft_lr_head": (0.01, "SGD learning rate of the two-layer head",
+        POSITIVE),
+    "ft_lr_backbone": (0.0008, "SGD learning rate of the backbone",
+        NONNEG),
+    "ft_weight_decay": (1e-5, "fine-tuning weight decay",
+        NONNEG),
+    "sup_lr_backbone": (0.05, "backbone rate of the supervised-only baseline (random init), chosen on validation",
+        NONNEG),
+    "ft_standardize": (True, "standardise backbone features before the head (statistics from unlabelled images)",
+        BOOL),
     # --- pseudo-labelling (paper section 3.5) ---
-    "pl_rounds": ("3,3,3", "percent of the unlabelled pool added per round (authors' code: 3,2,1)"),
-    "pl_rule": ("global", "global (the paper: top p% of the pool) | balanced (the same number per predicted class)"),
-    "pl_epochs": (15, "training epochs per round"),
-    "pl_batch_size": (128, "batch of the rounds' training"),
-    "pl_lr": (1e-4, "Adam learning rate of the rounds"),
-    "pl_weight_decay": (1e-5, "Adam weight decay of the rounds"),
-    "pl_plateau_factor": (0.1, "ReduceLROnPlateau factor (paper 0.1; authors' code 0.2)"),
-    "pl_patience": (3, "ReduceLROnPlateau patience in epochs"),
+    "pl_rounds": ("3,3,3", "percent of the unlabelled pool added per round (authors' code: 3,2,1)",
+        PERCENTAGES),
+    "pl_rule": ("global", "global (the paper: top p% of the pool) | balanced (the same number per predicted class)",
+        choice("global", "balanced")),
+    "pl_epochs": (15, "training epochs per round",
+        POSITIVE_INT),
+    "pl_batch_size": (128, "batch of the rounds' training",
+        POSITIVE_INT),
+    "pl_lr": (1e-4, "Adam learning rate of the rounds",
+        POSITIVE),
+    "pl_weight_decay": (1e-5, "Adam weight decay of the rounds",
+        NONNEG),
+    "pl_plateau_factor": (0.1, "ReduceLROnPlateau factor (paper 0.1; authors' code 0.2)",
+        UNIT_INTERVAL_OPEN),
+    "pl_patience": (3, "ReduceLROnPlateau patience in epochs",
+        NONNEG_INT),
 }
+
 
 
 class Config(dict):
@@ -107,6 +254,7 @@ class Config(dict):
         """A copy with some parameters changed (checked and typed like any override)."""
         new = Config(self)
         _apply(new, values, source="arguments")
+        validate(new, source="arguments")
         return new
 
     def subset(self, prefix: str) -> dict[str, Any]:
@@ -145,7 +293,7 @@ def load_profile(name: str | os.PathLike = DEFAULT_PROFILE,
         raise ConfigError(f"profile file {path} is not valid YAML: {exc}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"profile file {path} must hold a mapping of key: value lines")
-    cfg = Config({k: v for k, (v, _) in PARAMETERS.items()})
+    cfg = Config({k: v for k, (v, _, _) in PARAMETERS.items()})
     cfg["profile"] = Path(name).stem if path.parent != PROFILE_DIR else path.stem
     _apply(cfg, values, source=str(path))
     if overrides:
@@ -153,7 +301,23 @@ def load_profile(name: str | os.PathLike = DEFAULT_PROFILE,
             overrides = parse_overrides(overrides)
         _apply(cfg, overrides, source="overrides")
     _apply(cfg, kwargs, source="arguments")
+    validate(cfg, source=f"profile {cfg['profile']}")
     return cfg
+
+
+def validate(cfg: Mapping[str, Any], source: str = "configuration") -> None:
+    """Every value in its domain and every relation between values holds, else a
+    :class:`ConfigError` naming the key, the value and what is allowed. Called when a
+    configuration is resolved (before anything is created) and again by every stage, since a
+    notebook may change ``cfg[...]`` by hand."""
+    for key, value in cfg.items():
+        if key not in PARAMETERS:
+            raise ConfigError(f"{source}: {_unknown_key_message(key)}")
+        _checked(key, value, source)
+    for keys, check, allowed in RELATIONS:
+        if not check(cfg):
+            values = ", ".join(f"{k}={cfg[k]!r}" for k in keys)
+            raise ConfigError(f"{source}: {values} is not allowed: {allowed}")
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -185,11 +349,20 @@ def _apply(cfg: Config, values: Mapping[str, Any], source: str) -> None:
     for key, value in values.items():
         if key not in PARAMETERS:
             raise ConfigError(f"{source}: {_unknown_key_message(key)}")
-        default = PARAMETERS[key][0]
-        cfg[key] = _coerce(key, value, default, source)
+        cfg[key] = _checked(key, value, source)
 
 
-def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+def _checked(key: str, value: Any, source: str) -> Any:
+    default, meaning, domain = PARAMETERS[key]
+    typed = _coerce(key, value, default, source)
+    if not domain.check(typed):
+        raise ConfigError(f"{source}: {key}={value!r} is not allowed: {domain.allowed} ({meaning})")
+    return typed
+
+
+def _coerce(key: str, value: Any, default: Any, source: str, meaning: str | None = None) -> Any:
+    """``value`` as the type of ``default``. Numbers may come as text in any spelling Python's
+    ``float()`` / ``int()`` read (YAML reads ``1e-3`` as a string, for one)."""
     if value is None or default is None:
         return value
     if isinstance(default, bool):
@@ -198,15 +371,34 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     elif isinstance(default, int):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
     elif isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
     elif isinstance(value, type(default)):
         return value
+    elif isinstance(default, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # pl_rounds=5 is the text "5"
+    meaning = meaning if meaning is not None else PARAMETERS[key][1]
     raise ConfigError(
         f"{source}: {key}={value!r} should be of type {type(default).__name__} "
-        f"(default {default!r}); {PARAMETERS[key][1]}"
+        f"(default {default!r}); {meaning}"
     )
+
+
+def coerce_like(key: str, value: Any, default: Any, source: str, meaning: str) -> Any:
+    """A value for a parameter that is not in :data:`PARAMETERS` (a chapter's own, such as the
+    results chapter's ``seeds``), typed like its declared ``default``."""
+    return _coerce(key, value, default, source, meaning)
 
 
 def _unknown_key_message(key: str) -> str:

@@ -67,6 +67,13 @@ def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: boo
 def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (10, 32, 100),
            budget_seeds: int = 3) -> dict:
     """Run (or load) everything; write and return the summary."""
+    for name, value, low in (("seeds", seeds, 2), ("budget_seeds", budget_seeds, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low} "
+                                         f"(seeds of the claim experiment; a paired interval needs two)")
+    if not budgets or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in budgets):
+        raise config_mod.ConfigError(f"budgets={budgets!r} is not allowed: labels per class as integers >= 1")
+    config_mod.validate(cfg)
     base = pretrain(cfg)
     backbone_path = Path(base["backbone"])
     per_seed = []

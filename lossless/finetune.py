@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_mod
-from . import distributed, runs
+from . import config, distributed, runs
 from .augment import Augmenter, channel_stats, finetune_view
 from .engine import Batches, Engine, EngineSettings, autocast_context, resolve_device, resolve_precision
 from .errors import LosslessError
@@ -217,6 +217,7 @@ def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | No
     ``pretrained`` defaults to the backbone of the pretraining run of ``cfg`` (run first if missing)."""
     if init not in ("barlow", "random"):
         raise LosslessError(f"init={init!r}: choose barlow or random")
+    config.validate(cfg)
     device = resolve_device(cfg["device"])
     distributed.setup(device)
     amp = resolve_precision(cfg["precision"], device)
@@ -228,9 +229,13 @@ def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | No
     else:
         pretrained = None
     run = finetune_dir(cfg, init, pretrained)
-    done = runs.find_result(run)
-    if done is not None:
-        return done
+    with runs.claim(run):  # one process per run folder; a second command waits, then finds the result
+        done = runs.find_result(run)
+        return done if done is not None else _finetune_run(cfg, init, pretrained, run, split, device, amp)
+
+
+def _finetune_run(cfg: Mapping[str, Any], init: str, pretrained: Path | None, run: Path, split: data_mod.Split,
+                  device: torch.device, amp) -> dict:
     model = build_classifier(cfg, split, pretrained, device, amp)
     batches = Batches(split.data.images, split.data.labels, split.labelled, cfg["ft_batch_size"], seed=cfg["seed"],
                       drop_last=False, device=device)
@@ -242,6 +247,7 @@ def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | No
     engine = Engine(run, EngineSettings(epochs=cfg["ft_epochs"], precision=cfg["precision"],
                                         channels_last=cfg["channels_last"], seed=cfg["seed"],
                                         progress=bool(cfg["progress"]), desc=f"finetune-{init}",
+                                        lr_hint=f"ft_lr_head / {'ft' if init == 'barlow' else 'sup'}_lr_backbone",
                                         best_metric="val_loss", best_mode="min"), device)
     t0 = time.perf_counter()
     engine.fit(model, batches, optimizer, lambda g: cosine(g, total),

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from . import distributed, runs
+from . import config, distributed, runs
 from .augment import Augmenter, barlow_twins_views, channel_stats
 from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
-from .errors import LosslessError
 from .methods.barlow import BarlowTwins
 from .models import build_backbone, parse_sizes
 from .optim import build_optimizer, scaled_lr, warmup_cosine
@@ -98,18 +97,20 @@ def correlation_matrix(task: BarlowTwins, images: np.ndarray, seed: int = 0) -> 
 
 
 def pretrain(cfg: Mapping[str, Any]) -> dict:
-    if cfg["ssl_method"] != "barlow":
-        raise LosslessError(f"ssl_method={cfg['ssl_method']!r}: this version implements barlow")
+    config.validate(cfg)
     device = resolve_device(cfg["device"])
     dist = distributed.setup(device)
     progress = bool(cfg["progress"])
     split = load_data(cfg, progress)
-    data = split.data
     run = pretrain_dir(cfg)
-    done = runs.find_result(run)
-    if done is not None:
-        return done
+    with runs.claim(run):  # one process per run folder; a second command waits, then finds the result
+        done = runs.find_result(run)
+        return done if done is not None else _pretrain_run(cfg, run, split, device, dist, progress)
 
+
+def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, device: torch.device,
+                  dist: distributed.DistInfo, progress: bool) -> dict:
+    data = split.data
     task, augmenter, size = build_task(cfg, split)
     train_idx = pretraining_indices(split)
     mean, std = augmenter.mean, augmenter.std
@@ -139,7 +140,7 @@ def pretrain(cfg: Mapping[str, Any]) -> dict:
 
     engine = Engine(run, EngineSettings(epochs=epochs, precision=cfg["precision"],
                                         channels_last=cfg["channels_last"], compile=cfg["compile"],
-                                        seed=cfg["seed"], progress=progress, desc="barlow",
+                                        seed=cfg["seed"], progress=progress, desc="barlow", lr_hint="ssl_lr",
                                         checkpoint_every_steps=cfg["checkpoint_every_steps"],
                                         best_metric="loss", best_mode="min"), device)
     t0 = time.perf_counter()

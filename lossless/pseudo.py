@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
+from . import config as config_mod
 from . import distributed, runs
 from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
 from .errors import LosslessError
@@ -66,7 +67,10 @@ def select_balanced(confidence: np.ndarray, prediction: np.ndarray, k: int, num_
 
 def parse_rounds(text) -> list[float]:
     """``"3,3,3"`` -> [3.0, 3.0, 3.0] (percent of the initial pool per round)."""
-    values = [float(t) for t in str(text).replace("-", ",").split(",") if t.strip()]
+    try:
+        values = config_mod.percentages(text)
+    except ValueError:
+        values = []
     if not values or any(v <= 0 or v > 100 for v in values):
         raise LosslessError(f"pl_rounds={text!r}: give percentages in (0, 100] separated by commas, e.g. 3,3,3")
     return values
@@ -89,15 +93,19 @@ def selection_stats(chosen_pred: np.ndarray, true: np.ndarray, confidence: np.nd
 def pseudo_label(cfg: Mapping[str, Any], start: dict | None = None, pretrained: Path | None = None) -> dict:
     """All rounds; ``start`` is a finished fine-tuning result (computed when not given).
     Each round is a run of its own under the stage's folder, so a stopped stage resumes."""
+    config_mod.validate(cfg)
     device = resolve_device(cfg["device"])
     distributed.setup(device)
     amp = resolve_precision(cfg["precision"], device)
     split = load_data(cfg, bool(cfg["progress"]))
     start = start or finetune(cfg, "barlow", pretrained)
     stage = pseudo_dir(cfg, start["run"])
-    done = runs.find_result(stage)
-    if done is not None:
-        return done
+    with runs.claim(stage):  # one process per run folder; a second command waits, then finds the result
+        done = runs.find_result(stage)
+        return done if done is not None else _pseudo_rounds(cfg, start, stage, split, device, amp)
+
+
+def _pseudo_rounds(cfg: Mapping[str, Any], start: dict, stage: Path, split: data_mod.Split, device, amp) -> dict:
     data = split.data
     rounds = parse_rounds(cfg["pl_rounds"])
     pool = split.unlabelled.copy()
@@ -164,7 +172,7 @@ def _train_round(cfg, split: data_mod.Split, checkpoint: Path, rdir: Path, pseud
                                                          patience=cfg["pl_patience"])
     engine = Engine(rdir, EngineSettings(epochs=cfg["pl_epochs"], precision=cfg["precision"],
                                          channels_last=cfg["channels_last"], seed=cfg["seed"],
-                                         progress=bool(cfg["progress"]), desc=f"pseudo {rdir.name}",
+                                         progress=bool(cfg["progress"]), desc=f"pseudo {rdir.name}", lr_hint="pl_lr",
                                          best_metric="val_loss", best_mode="min"), device)
     t0 = time.perf_counter()
     engine.fit(model, batches, optimizer, None, lambda e: validation_metrics(model, split, device, amp),

@@ -142,11 +142,10 @@ def test_pseudo_labelled_images_leave_the_pool(tmp_path):
     assert r2["train_images"] == 100 + 170                          # labelled + both rounds' pseudo-labels
 
 
-def test_empty_pool_stops_with_a_message(tmp_path):
-    cfg = smoke(tmp_path, pl_rounds="60,60,10", pl_epochs=1)
-    pretrain(cfg)
-    with pytest.raises(LosslessError, match=r"round 3: the unlabelled pool is empty .*pl_rounds"):
-        pseudo_label(cfg)
+def test_rounds_asking_for_more_than_the_pool_are_refused_before_anything_runs(tmp_path):
+    with pytest.raises(LosslessError, match=r"pl_rounds='60,60,10' is not allowed: .*adding up to at most 100"):
+        smoke(tmp_path, pl_rounds="60,60,10", pl_epochs=1)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_interrupted_round_resumes_to_the_same_result(tmp_path, monkeypatch):
