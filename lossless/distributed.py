@@ -45,8 +45,24 @@ def setup(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        store, rank, size = attempt_store(timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     return info()
+
+
+def attempt_store(timeout: datetime.timedelta):
+    """The rendezvous store of ``env://``, seen through a prefix for this restart attempt.
+
+    ``torchrun --standalone`` serves one store from its agent for the whole job and hands every
+    attempt the same address. Without a prefix, a group restarted after a worker died reads the
+    keys that the previous attempt's processes wrote (gloo's listening addresses among them), so
+    it may connect to the dead worker's old port and hang or fail in ``init_process_group``
+    (2 of 4 restarts failed so before this). ``TORCHELASTIC_RESTART_COUNT`` numbers the attempts."""
+    from torch.distributed import rendezvous
+    store, rank, size = next(rendezvous("env://", timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"lossless/attempt-{attempt}/", store), rank, size
 
 
 def info() -> DistInfo:

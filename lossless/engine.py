@@ -37,7 +37,8 @@ from .errors import LosslessError
 
 
 class TrainingDiverged(LosslessError):
-    """The loss became NaN or infinite; the last good checkpoint is left in place."""
+    """The loss or the weights became NaN or infinite; the last good checkpoint is left in place
+    (no checkpoint is ever written with non-finite weights)."""
 
 
 # ------------------------------------------------------------------------------------ devices
@@ -150,6 +151,7 @@ class EngineSettings:
     best_mode: str = "min"
     desc: str = "train"
     sync_batchnorm: bool = True
+    lr_hint: str = "the learning rate"  # what to lower when training diverges (named in the message)
 
 
 @dataclass
@@ -173,6 +175,7 @@ class Engine:
         self.amp_dtype = resolve_precision(settings.precision, self.device)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self._scheduler = None
+        self._saved_at: tuple[int, int] | None = None  # (epoch, step in epoch) of the last.pt on disk
 
     @property
     def last_path(self) -> Path:
@@ -194,7 +197,31 @@ class Engine:
     def _save(self, path: Path, task, optimizer, scaler, state: TrainState) -> None:
         if self.dist.is_main:
             runs.save_checkpoint(path, self._state_dict(task, optimizer, scaler, state))
+        if path == self.last_path:
+            self._saved_at = (state.epoch, state.step_in_epoch)
         distributed.barrier()
+
+    # -- the divergence guard
+    def _diverged(self, what: str, epoch: int, step: int, global_step: int) -> TrainingDiverged:
+        """The message says what is really on disk and what running again would do."""
+        if self._saved_at is not None and self.last_path.exists():
+            e, k = self._saved_at
+            where = f"after epoch {e}" if k == 0 else f"in epoch {e + 1} after step {k}"
+            kept = f"the last good checkpoint {self.last_path} ({where}) is kept"
+        else:
+            kept = f"no checkpoint had been written yet ({self.last_path} does not exist), so the run starts afresh"
+        return TrainingDiverged(
+            f"{what} at epoch {epoch + 1}, step {step + 1} (global step {global_step}); {kept}. Training is "
+            f"deterministic, so running the same command again resumes there and diverges at the same step. "
+            f"Lower {self.settings.lr_hint} (or train in bf16/fp32 instead of fp16): a changed parameter is a "
+            f"new run, in a new folder, trained from the start")
+
+    def _check_weights(self, task: nn.Module, epoch: int, step: int, global_step: int) -> None:
+        """No evaluation and no checkpoint ever sees non-finite weights (a step whose loss was
+        finite can still produce them, e.g. on an epoch's last step)."""
+        bad = any(not bool(torch.isfinite(t).all()) for t in task.state_dict().values() if t.is_floating_point())
+        if distributed.any_true(bad):
+            raise self._diverged("the weights became NaN or infinite", epoch, step, global_step)
 
     def _resume(self, task, optimizer, scaler) -> TrainState:
         if not self.last_path.exists():
@@ -241,6 +268,8 @@ class Engine:
             group.setdefault("initial_lr", group["lr"])
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype is torch.float16 else None
         state = self._resume(task, optimizer, scaler)
+        if state.global_step:
+            self._saved_at = (state.epoch, state.step_in_epoch)
         resumed_from = (state.epoch, state.step_in_epoch) if state.global_step else None
         model: nn.Module = task
         if self.dist.enabled:
@@ -278,10 +307,7 @@ class Engine:
                 value = float(loss.detach())
                 if distributed.any_true(not math.isfinite(value)):
                     bar.close()
-                    raise TrainingDiverged(
-                        f"the loss became {value} at epoch {epoch + 1}, step {step + 1} (global step "
-                        f"{state.global_step}); the last good checkpoint {self.last_path} is kept. Lower the "
-                        f"learning rate, or train in bf16/fp32 instead of fp16, and run again to resume")
+                    raise self._diverged(f"the loss became {value}", epoch, step, state.global_step)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -303,9 +329,11 @@ class Engine:
                 bar.update(1)
                 if s.checkpoint_every_steps and state.global_step % s.checkpoint_every_steps == 0 \
                         and state.step_in_epoch < steps:
+                    self._check_weights(task, epoch, step, state.global_step - 1)
                     state.partial = {"sums": dict(sums), "count": count}
                     self._save(self.last_path, task, optimizer, scaler, state)
             bar.close()
+            self._check_weights(task, epoch, steps - 1, state.global_step - 1)  # before any evaluation
             seconds = time.perf_counter() - t0
             record = {"epoch": epoch + 1, "step": state.global_step,
                       "lr": optimizer.param_groups[0]["lr"], "seconds": round(seconds, 3),

@@ -3,6 +3,15 @@
 Every error raised for bad input names the file or value at fault and says how to fix it; the
 command line prints the message alone (no traceback) and exits with status 2.
 """
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class LosslessError(Exception):
@@ -15,3 +24,42 @@ class DataError(LosslessError):
 
 class ConfigError(LosslessError):
     """A profile or a key=value override is unknown or has the wrong type."""
+
+
+class DiskFull(LosslessError):
+    """A write failed for lack of space (or quota); the file it replaced is intact."""
+
+
+def free_space(path: Path) -> str:
+    """The space left on the file system that holds ``path`` (its nearest existing folder)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = shutil.disk_usage(p).free
+    except OSError:
+        return "unknown"
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if free < 1024 or unit == "TB":
+            return f"{free:.0f} {unit}" if unit == "bytes" else f"{free:.1f} {unit}"
+        free /= 1024
+    return "unknown"
+
+
+def disk_full_message(path: Path, exc: OSError) -> str:
+    what = "no space left" if exc.errno == errno.ENOSPC else "the disk quota is exhausted"
+    return (f"{what} on the device while writing {path} ({free_space(path)} free there); the previous "
+            f"version of the file, if any, is intact. Free some space, or send run folders elsewhere "
+            f"(runs_dir=... or LOSSLESS_RUNS; the data cache: LOSSLESS_CACHE), then run the command again "
+            f"to resume")
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turn ENOSPC / EDQUOT raised inside the block into one :class:`DiskFull` naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise DiskFull(disk_full_message(Path(exc.filename) if exc.filename else path, exc)) from None
+        raise

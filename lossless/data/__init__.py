@@ -17,8 +17,9 @@ __all__ = ["ImageSet", "Split", "SPLIT_NAMES", "load_dataset", "load_split", "ma
            "make_source", "cache_root"]
 
 
-def load_dataset(cfg: Mapping[str, Any], progress: bool = True) -> ImageSet:
-    """Decode (once) and map the dataset named by ``cfg["dataset"]``."""
+def load_dataset(cfg: Mapping[str, Any], progress: bool = True, verify: bool = False) -> ImageSet:
+    """Decode (once) and map the dataset named by ``cfg["dataset"]`` (``verify``: hash the cache
+    entry's arrays against their recorded checksums whatever its size)."""
     root = cache_root(cfg.get("cache_dir"))
     source = make_source(
         cfg["dataset"], cfg.get("data_root"), download=bool(cfg.get("download", True)),
@@ -29,11 +30,11 @@ def load_dataset(cfg: Mapping[str, Any], progress: bool = True) -> ImageSet:
             "channels": cfg.get("synthetic_channels", 3),
         },
     )
-    return load_or_build(source, root, progress=progress)
+    return load_or_build(source, root, progress=progress, verify=verify)
 
 
-def load_split(cfg: Mapping[str, Any], progress: bool = True) -> Split:
+def load_split(cfg: Mapping[str, Any], progress: bool = True, verify: bool = False) -> Split:
     """The protocol's split of the configured dataset for ``cfg["seed"]`` (stored on first use)."""
-    data = load_dataset(cfg, progress=progress)
+    data = load_dataset(cfg, progress=progress, verify=verify)
     return load_or_make_split(data, cfg.get("labels_per_class", 32), cfg.get("val_per_class", 100),
                               cfg.get("seed", 0))

@@ -127,6 +127,18 @@ class FashionMNISTSource(Source):
 
     def _locate(self, root, download: bool) -> dict[str, Path]:
         candidates = self._candidates(root)
+        env = os.environ.get("LOSSLESS_DATA")
+        if root is None and env:
+            # a variable that is set means "use this folder": a wrong one is an error, never a
+            # silent fall-back to Debian's copy
+            for folder in candidates[:3]:
+                files = self._find_in(folder)
+                if files:
+                    return files
+            raise DataError(f"fashion-mnist: LOSSLESS_DATA={env} holds no Fashion-MNIST IDX files (looked in "
+                            f"{', '.join(str(c) for c in candidates[:3])} for train-images-idx3-ubyte[.gz] and the "
+                            f"three other files); put them there, or unset LOSSLESS_DATA to use "
+                            f"{DEBIAN_FASHION_MNIST} (Debian's dataset-fashion-mnist)")
         if root is not None and not Path(root).is_dir():
             raise DataError(f"fashion-mnist: data_root {root} does not exist; give the folder that holds "
                             f"train-images-idx3-ubyte.gz and the three other IDX files")

@@ -77,6 +77,8 @@ class Split:
             out["unlabelled_without_true_label"] = unknown
         if d.path is not None:
             out["cache"] = str(d.path)
+        if d.source is not None:
+            out["source"] = d.source  # which files were read (LOSSLESS_DATA, data_root or Debian's folder)
         return out
 
 
