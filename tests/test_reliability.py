@@ -258,6 +258,27 @@ def test_a_same_size_corruption_of_the_cache_is_detected_and_rebuilt(tmp_path, c
     assert np.array_equal(again.images, images) and np.array_equal(again.labels, labels)
 
 
+def test_a_killed_cache_build_leaves_nothing_behind_once_rebuilt(tmp_path):
+    from lossless import data
+    from lossless.data.cache import entry_path
+    from lossless.data.sources import make_source
+    cfg = config.load_profile("smoke")
+    root = Path(os.environ["LOSSLESS_CACHE"])
+    source = make_source("synthetic", None, cache_dir=root, synthetic_options=dict(
+        num_train=cfg.synthetic_train, num_test=cfg.synthetic_test, num_classes=cfg.synthetic_classes,
+        size=cfg.synthetic_size, channels=cfg.synthetic_channels))
+    entry = entry_path(source, root)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()                 # a pid that no longer runs
+    abandoned = entry.parent / f".{entry.name}.tmp-{dead}"
+    (abandoned).mkdir(parents=True)
+    (abandoned / "images.npy").write_bytes(b"\0" * 4096)
+    mine = entry.parent / f".{entry.name}.tmp-{os.getpid()}-keep"  # not a pid name: left alone
+    mine.mkdir()
+    data.load_dataset(cfg, progress=False)
+    assert not abandoned.exists() and mine.exists()
+
+
 # ------------------------------------------------------------------ divergence
 def test_divergence_on_an_epochs_last_step_stops_before_any_evaluation(tmp_path, monkeypatch):
     cfg = smoke(tmp_path)                               # 4 steps an epoch, checkpoints at epoch ends only

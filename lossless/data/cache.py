@@ -170,6 +170,7 @@ def build_entry(source: Source, path: Path, signature: str, progress: bool = Tru
     shape = shapes.pop()
     total = sum(p.count for p in parts)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_builds(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -210,6 +211,28 @@ def build_entry(source: Source, path: Path, signature: str, progress: bool = Tru
         if isinstance(exc, OSError) and exc.errno in DISK_FULL:
             raise DataError(f"cannot build the cache of {source.name}: " + disk_full_message(tmp, exc)) from None
         raise
+
+
+def remove_abandoned_builds(path: Path) -> list[Path]:
+    """Delete the temporary folders (``.{entry}.tmp-{pid}``, ``.{entry}.old-{pid}``) that builds
+    killed mid-way left beside ``path``; a folder whose process still runs is left alone."""
+    removed = []
+    for folder in path.parent.glob(f".{path.name}.*-*"):
+        pid = folder.name.rsplit("-", 1)[-1]
+        if folder.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_json_atomic(path: Path, obj) -> None:
