@@ -1,0 +1,252 @@
+"""Active learning (paper section 3.6): which unlabelled images to have labelled.
+
+The paper ranks the pool by the **margin** between the two largest softmax scores (small margin:
+the classifier hesitates), keeps the most ambiguous candidates (70,000 of 512,000), embeds them
+with the backbone, clusters them with **k-means** into as many clusters as classes and takes 16
+per cluster, so the requests are ambiguous *and* spread over the pool; the selections of several
+classifiers were intersected.
+
+This module is the selection itself, on plain arrays, so every rule is testable against a slow
+version: :func:`select` for the four strategies at an equal budget (``random``, ``margin``,
+``kmeans``, ``margin-kmeans``), :func:`intersect` for several models' selections, and the label
+request files of the competition (one image file name per line) with an oracle that answers them
+from labels the training never saw (:func:`write_requests`, :func:`read_requests`, :func:`answer`).
+
+Orders are total: ties in margin or distance go to the lower pool position, so a selection is a
+function of its inputs and the seed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import runs
+from .errors import ConfigError, LosslessError
+
+STRATEGIES = ("random", "margin", "kmeans", "margin-kmeans")
+ORDERS = ("margin", "centroid")
+
+
+def margin_order(margin: np.ndarray) -> np.ndarray:
+    """Pool positions from the most ambiguous (smallest margin) on; ties: lower position first."""
+    return np.argsort(np.asarray(margin), kind="stable")
+
+
+def candidate_count(value: float | int, pool: int) -> int:
+    """``al_candidates`` as a number of images: a fraction of the pool when <= 1, else a count."""
+    if value <= 0:
+        raise ConfigError(f"al_candidates={value!r} is not allowed: a fraction in (0, 1] or a count >= 1")
+    n = int(round(value * pool)) if value <= 1 else int(value)
+    return min(max(n, 1), pool)
+
+
+def kmeans(features: np.ndarray, clusters: int, seed: int, minibatch: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster labels (N,) and centres (K, D) of scikit-learn's k-means, deterministic for a seed."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if clusters > len(x):
+        raise ConfigError(f"al_clusters={clusters} is more than the {len(x)} images to cluster; use fewer clusters")
+    if minibatch:
+        model = MiniBatchKMeans(n_clusters=clusters, random_state=seed, n_init=3, batch_size=4096)
+    else:
+        model = KMeans(n_clusters=clusters, random_state=seed, n_init=1)
+    labels = model.fit_predict(x)
+    return labels.astype(np.int64), model.cluster_centers_
+
+
+def per_cluster(cluster: np.ndarray, key: np.ndarray, budget: int, quota: int) -> np.ndarray:
+    """Up to ``quota`` positions of each cluster, smallest ``key`` first (ties: lower position),
+    ``budget`` in all.
+
+    The first pass takes ``min(quota, size)`` from every cluster; when it holds more than the
+    budget, the budget smallest keys of it are kept; when some clusters are smaller than the quota
+    and the pass holds less, the shortfall is filled from the other clusters' remaining members by
+    the same order (smallest key across all of them)."""
+    cluster, key = np.asarray(cluster), np.asarray(key, dtype=np.float64)
+    n_clusters = int(cluster.max()) + 1 if len(cluster) else 0
+    if quota * n_clusters < budget:
+        raise ConfigError(f"al_per_cluster={quota} x {n_clusters} clusters = {quota * n_clusters} requests, fewer "
+                          f"than the budget of {budget}; raise al_per_cluster or al_clusters, or lower the budget")
+    if budget > len(cluster):
+        raise ConfigError(f"budget={budget} is more than the {len(cluster)} images to choose from")
+    order = np.lexsort((np.arange(len(key)), key))          # by key, then position
+    rank_in_cluster = np.empty(len(order), dtype=np.int64)
+    seen = np.zeros(n_clusters, dtype=np.int64)
+    for pos in order:                                       # rank of each image inside its cluster
+        c = cluster[pos]
+        rank_in_cluster[pos] = seen[c]
+        seen[c] += 1
+    first = order[rank_in_cluster[order] < quota]           # the first pass, in key order
+    if len(first) >= budget:
+        chosen = first[:budget]
+    else:
+        rest = order[rank_in_cluster[order] >= quota]
+        chosen = np.concatenate([first, rest[:budget - len(first)]])
+    return np.sort(chosen)
+
+
+@dataclass
+class Selection:
+    """Chosen pool positions (sorted) and, per chosen image, the score the rule ranked it by."""
+    strategy: str
+    positions: np.ndarray
+    score: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = None,
+           features: np.ndarray | None = None, candidates: float | int = 70_000 / 512_000,
+           clusters: int = 10, quota: int = 16, order: str = "margin", minibatch: bool = False) -> Selection:
+    """``budget`` positions of a pool of ``len(margin)`` (or ``len(features)``) images.
+
+    * ``random``: uniform without replacement, from ``seed``;
+    * ``margin``: the ``budget`` smallest margins;
+    * ``kmeans``: k-means of every pool image's ``features``, the images nearest each centre
+      (representative, no margin);
+    * ``margin-kmeans`` (the paper): the ``candidates`` most ambiguous, k-means of their features,
+      up to ``quota`` per cluster, most ambiguous first (``order="margin"``) or nearest the centre
+      (``order="centroid"``)."""
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"strategy={strategy!r} is not allowed: one of {', '.join(STRATEGIES)}")
+    if order not in ORDERS:
+        raise ConfigError(f"al_order={order!r} is not allowed: one of {', '.join(ORDERS)}")
+    n = len(margin) if margin is not None else len(features) if features is not None else 0
+    if not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ConfigError(f"budget={budget!r} is not allowed: an integer >= 1")
+    if budget > n:
+        raise ConfigError(f"budget={budget} is more than the {n} images in the pool; lower the budget")
+    if strategy in ("margin", "margin-kmeans") and margin is None:
+        raise LosslessError(f"strategy {strategy} needs the pool's margins")
+    if strategy in ("kmeans", "margin-kmeans") and features is None:
+        raise LosslessError(f"strategy {strategy} needs the pool's features")
+    if strategy == "random":
+        pos = np.sort(np.random.default_rng(seed).choice(n, size=budget, replace=False))
+        return Selection(strategy, pos, np.zeros(budget))
+    if strategy == "margin":
+        pos = np.sort(margin_order(margin)[:budget])
+        return Selection(strategy, pos, np.asarray(margin)[pos])
+    if strategy == "kmeans":
+        labels, centres = kmeans(features, clusters, seed, minibatch)
+        dist = _distance_to_centre(features, labels, centres)
+        pos = per_cluster(labels, dist, budget, quota)
+        return Selection(strategy, pos, dist[pos], {"clusters": clusters})
+    cand = np.sort(margin_order(margin)[:candidate_count(candidates, n)])
+    if budget > len(cand):
+        raise ConfigError(f"budget={budget} is more than the {len(cand)} candidates (al_candidates={candidates}); "
+                          f"raise al_candidates or lower the budget")
+    labels, centres = kmeans(features[cand], clusters, seed, minibatch)
+    key = np.asarray(margin)[cand] if order == "margin" else _distance_to_centre(features[cand], labels, centres)
+    chosen = cand[per_cluster(labels, key, budget, quota)]
+    return Selection(strategy, np.sort(chosen), np.asarray(margin)[np.sort(chosen)],
+                     {"candidates": int(len(cand)), "clusters": clusters, "order": order})
+
+
+def intersect(selections: Sequence[np.ndarray], margins: Sequence[np.ndarray], budget: int) -> np.ndarray:
+    """The images every model chose, ``budget`` of them, as the paper intersected its models.
+
+    Each image's *summed margin rank* (its position in each model's margin order, added up) breaks
+    every choice: an intersection larger than the budget keeps its smallest summed ranks; a smaller
+    one is filled with the images of the union not in it, smallest summed rank first. An empty
+    intersection is an error: the models agree on nothing, and the fill would be a new rule."""
+    common = selections[0]
+    for s in selections[1:]:
+        common = np.intersect1d(common, s)
+    if len(common) == 0:
+        raise LosslessError(f"the {len(selections)} models' selections have no image in common; intersect fewer "
+                            f"models, or use one model's selection")
+    n = len(margins[0])
+    summed = np.zeros(n, dtype=np.int64)
+    for m in margins:
+        rank = np.empty(n, dtype=np.int64)
+        rank[margin_order(m)] = np.arange(n)
+        summed += rank
+    by_rank = lambda pos: pos[np.lexsort((pos, summed[pos]))]  # noqa: E731
+    if len(common) >= budget:
+        return np.sort(by_rank(common)[:budget])
+    union = np.setdiff1d(np.unique(np.concatenate(list(selections))), common)
+    fill = by_rank(union)[:budget - len(common)]
+    if len(common) + len(fill) < budget:
+        rest = by_rank(np.setdiff1d(np.arange(n), np.concatenate([common, fill])))
+        fill = np.concatenate([fill, rest[:budget - len(common) - len(fill)]])
+    return np.sort(np.concatenate([common, fill]))
+
+
+def _distance_to_centre(features: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    x = np.asarray(features, dtype=np.float64)
+    return np.linalg.norm(x - np.asarray(centres, dtype=np.float64)[labels], axis=1)
+
+
+# ------------------------------------------------------------------ label requests and the oracle
+def image_names(data, indices: np.ndarray) -> list[str]:
+    """The file name a request uses for each dataset index: ``{i}.png`` for the NYU layout's
+    ``unlabeled/`` folder (the competition's format), ``{part}/{position}`` elsewhere."""
+    starts = {k: int(np.argmax(data.part == k)) for k in range(len(data.part_names))}  # parts are contiguous
+    names = []
+    for i in np.asarray(indices):
+        k = int(data.part[i])
+        part, position = data.part_names[k], int(i) - starts[k]
+        names.append(f"{position}.png" if data.name == "nyu-dl21" and part == "unlabeled" else f"{part}/{position}")
+    return names
+
+
+def name_index(data) -> dict[str, int]:
+    """Every image's request name -> its dataset index."""
+    all_idx = np.arange(len(data.labels))
+    return dict(zip(image_names(data, all_idx), all_idx.tolist()))
+
+
+def write_requests(path: Path, data, selection: Selection, header: dict) -> Path:
+    """The request file (one name per line, in pool order) and, beside it, ``{stem}.npz`` with
+    the indices, their scores and ``header`` (seed, round, strategy, ...). Both atomic."""
+    path = Path(path)
+    idx = np.asarray(selection.positions)
+    runs._atomic_write(path, "".join(n + "\n" for n in image_names(data, idx)).encode())
+    import io
+    buffer = io.BytesIO()
+    np.savez(buffer, index=idx, score=np.asarray(selection.score), header=json.dumps(header))
+    runs._atomic_write(path.with_suffix(".npz"), buffer.getbuffer())
+    return path
+
+
+def read_requests(path: Path, data, already: np.ndarray | None = None) -> np.ndarray:
+    """Dataset indices named by a request file, checked: every name exists, none twice, none
+    requested (or labelled) before (``already``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LosslessError(f"request file {path} does not exist")
+    names = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    lookup = name_index(data)
+    seen: dict[str, int] = {}
+    for n, name in enumerate(names, 1):
+        if name not in lookup:
+            raise LosslessError(f"{path}, line {n}: no image named {name!r} in {data.name}; a request names "
+                                f"images as {next(iter(lookup))!r} does")
+        if name in seen:
+            raise LosslessError(f"{path}, line {n}: {name!r} is requested twice (first on line {seen[name]}); "
+                                f"each image once")
+        seen[name] = n
+    idx = np.array([lookup[name] for name in names], dtype=np.int64)
+    if already is not None:
+        again = np.intersect1d(idx, already)
+        if len(again):
+            first = image_names(data, again[:3])
+            raise LosslessError(f"{path}: {len(again)} image(s) were requested or labelled before ({', '.join(first)}"
+                                f"{', ...' if len(again) > 3 else ''}); a request asks only for new images")
+    return idx
+
+
+def answer(path: Path, data, labelled: np.ndarray, hidden_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle: the true labels of a request file's images, from labels the training never saw
+    (the pool's hidden labels, or ``hidden_labels`` for a layout whose pool has none on disk).
+    Returns (the new labelled indices, their labels)."""
+    idx = read_requests(path, data, already=labelled)
+    labels = np.asarray(hidden_labels if hidden_labels is not None else data.labels)[idx]
+    if (labels < 0).any():
+        missing = image_names(data, idx[labels < 0][:3])
+        raise LosslessError(f"the oracle has no label for {', '.join(missing)}: give the pool's labels "
+                            f"(a labels tensor for the NYU layout)")
+    return idx, labels
