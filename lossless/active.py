@@ -99,9 +99,11 @@ class Selection:
 
 
 def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = None,
-           features: np.ndarray | None = None, candidates: float | int = 70_000 / 512_000,
+           features=None, candidates: float | int = 70_000 / 512_000,
            clusters: int = 10, quota: int = 16, order: str = "margin", minibatch: bool = False) -> Selection:
-    """``budget`` positions of a pool of ``len(margin)`` (or ``len(features)``) images.
+    """``budget`` positions of a pool of ``len(margin)`` (or ``len(features)``) images;
+    ``features`` is an (N, D) array or a function of positions that returns their rows (so only the
+    images the rule clusters are embedded).
 
     * ``random``: uniform without replacement, from ``seed``;
     * ``margin``: the ``budget`` smallest margins;
@@ -114,7 +116,7 @@ def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = No
         raise ConfigError(f"strategy={strategy!r} is not allowed: one of {', '.join(STRATEGIES)}")
     if order not in ORDERS:
         raise ConfigError(f"al_order={order!r} is not allowed: one of {', '.join(ORDERS)}")
-    n = len(margin) if margin is not None else len(features) if features is not None else 0
+    n = len(margin) if margin is not None else len(features) if features is not None and not callable(features) else 0
     if not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ConfigError(f"budget={budget!r} is not allowed: an integer >= 1")
     if budget > n:
@@ -130,6 +132,7 @@ def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = No
         pos = np.sort(margin_order(margin)[:budget])
         return Selection(strategy, pos, np.asarray(margin)[pos])
     if strategy == "kmeans":
+        features = _features(features, np.arange(n))
         labels, centres = kmeans(features, clusters, seed, minibatch)
         dist = _distance_to_centre(features, labels, centres)
         pos = per_cluster(labels, dist, budget, quota)
@@ -138,8 +141,9 @@ def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = No
     if budget > len(cand):
         raise ConfigError(f"budget={budget} is more than the {len(cand)} candidates (al_candidates={candidates}); "
                           f"raise al_candidates or lower the budget")
-    labels, centres = kmeans(features[cand], clusters, seed, minibatch)
-    key = np.asarray(margin)[cand] if order == "margin" else _distance_to_centre(features[cand], labels, centres)
+    cand_features = _features(features, cand)
+    labels, centres = kmeans(cand_features, clusters, seed, minibatch)
+    key = np.asarray(margin)[cand] if order == "margin" else _distance_to_centre(cand_features, labels, centres)
     chosen = cand[per_cluster(labels, key, budget, quota)]
     return Selection(strategy, np.sort(chosen), np.asarray(margin)[np.sort(chosen)],
                      {"candidates": int(len(cand)), "clusters": clusters, "order": order})
@@ -173,6 +177,11 @@ def intersect(selections: Sequence[np.ndarray], margins: Sequence[np.ndarray], b
         rest = by_rank(np.setdiff1d(np.arange(n), np.concatenate([common, fill])))
         fill = np.concatenate([fill, rest[:budget - len(common) - len(fill)]])
     return np.sort(np.concatenate([common, fill]))
+
+
+def _features(features, positions: np.ndarray) -> np.ndarray:
+    """Rows ``positions`` of an array, or ``features(positions)`` of a callable that embeds them."""
+    return np.asarray(features(positions) if callable(features) else np.asarray(features)[positions])
 
 
 def _distance_to_centre(features: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -250,3 +259,84 @@ def answer(path: Path, data, labelled: np.ndarray, hidden_labels: np.ndarray | N
         raise LosslessError(f"the oracle has no label for {', '.join(missing)}: give the pool's labels "
                             f"(a labels tensor for the NYU layout)")
     return idx, labels
+
+
+# ------------------------------------------------------------------ one round, from a configuration
+def select_round(cfg, strategy: str, budget: int, out: Path | None = None,
+                 previous: Sequence[Path] = ()) -> dict:
+    """Score the pool of ``cfg``'s split with its fine-tuned classifier (section 3.4; trained
+    first when missing), choose ``budget`` images by ``strategy`` and write the request file
+    (default: ``runs/active-{hash}/requests-{strategy}.txt``). Images named by ``previous``
+    request files are no longer in the pool. Returns where the file is and what was asked for."""
+    import torch
+
+    from . import config as config_mod
+    from .engine import resolve_device, resolve_precision
+    from .evaluate import score
+    from .finetune import finetune, load_classifier
+    from .pretrain import load_data
+    from .probes import embed
+    config_mod.validate(cfg)
+    device = resolve_device(cfg["device"])
+    amp = resolve_precision(cfg["precision"], device)
+    split = load_data(cfg, bool(cfg["progress"]))
+    data = split.data
+    asked = np.concatenate([read_requests(p, data) for p in previous] or [np.empty(0, dtype=np.int64)])
+    pool = np.setdiff1d(split.unlabelled, asked)
+    start = finetune(cfg, "barlow")
+    model = load_classifier(cfg, split, Path(start["classifier"]), device, amp)
+    scores = score(model, data.images[pool], model.augmenter.plain, device, amp)
+
+    def features(positions: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return embed(model.backbone, data.images[pool[positions]], model.augmenter, device, amp).numpy()
+    sel = select(strategy, budget, cfg["seed"], margin=scores.margin, features=features,
+                 candidates=cfg["al_candidates"], clusters=cfg["al_clusters"] or data.num_classes,
+                 quota=cfg["al_per_cluster"], order=cfg["al_order"])
+    chosen = Selection(strategy, pool[sel.positions], sel.score, sel.info)
+    header = {"seed": cfg["seed"], "round": len(previous) + 1, "strategy": strategy, "budget": budget,
+              "classifier": start["classifier"], **sel.info}
+    if out is None:
+        keys = {k: cfg.get(k) for k in ("dataset", "data_root", "labels_per_class", "val_per_class", "seed")}
+        out = runs.run_dir(cfg, "active", dict(keys, classifier=start["classifier"])) / \
+            f"requests-{strategy}-round{len(previous) + 1}.txt"
+    path = write_requests(Path(out), data, chosen, header)
+    truth = data.labels[chosen.positions]
+    known = truth >= 0
+    right = scores.prediction[sel.positions] == truth
+    return {"requests": str(path), "indices": str(Path(path).with_suffix(".npz")), "strategy": strategy,
+            "requested": int(len(chosen.positions)), "pool": int(len(pool)),
+            "already_right": int(right[known].sum()) if known.any() else None,
+            "requested_per_predicted_class": np.bincount(scores.prediction[sel.positions],
+                                                         minlength=data.num_classes).tolist()}
+
+
+def answer_round(cfg, requests: Path, previous: Sequence[Path] = (), labels_file: Path | None = None) -> dict:
+    """The oracle for ``requests``: the true label of every image it names, from labels the training
+    never saw (the pool's hidden labels; for the NYU layout, whose pool has none on disk, a
+    ``labels_file`` (a torch tensor over the ``unlabeled/`` folder's numbered images)). Writes
+    ``{requests}.answers.txt`` (name and label per line) and returns the counts per class."""
+    import torch
+
+    from .pretrain import load_data
+    split = load_data(cfg, bool(cfg["progress"]))
+    data = split.data
+    asked = np.concatenate([read_requests(p, data) for p in previous] or [np.empty(0, dtype=np.int64)])
+    hidden = None
+    if labels_file is not None:
+        if not Path(labels_file).is_file():
+            raise LosslessError(f"labels file {labels_file} does not exist")
+        pool_part = data.indices("unlabeled")
+        values = torch.load(labels_file, weights_only=True)
+        values = np.asarray(values.numpy() if hasattr(values, "numpy") else values, dtype=np.int64)
+        if len(values) != len(pool_part):
+            raise LosslessError(f"{labels_file} holds {len(values)} labels for the {len(pool_part)} images of "
+                                f"unlabeled/; give the tensor of that folder")
+        hidden = data.labels.copy()
+        hidden[pool_part] = values
+    idx, labels = answer(Path(requests), data, np.concatenate([split.labelled, asked]), hidden)
+    names = image_names(data, idx)
+    out = Path(str(requests) + ".answers.txt")
+    runs._atomic_write(out, "".join(f"{n} {int(y)}\n" for n, y in zip(names, labels)).encode())
+    return {"answers": str(out), "answered": int(len(idx)),
+            "per_class": np.bincount(labels, minlength=data.num_classes).tolist()}

@@ -106,6 +106,22 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
 
 
+def cmd_select(args: argparse.Namespace) -> dict:
+    from .active import select_round
+    cfg = _config(args)
+    cfg["progress"] = cfg["progress"] and not args.quiet
+    return select_round(cfg, args.strategy, args.budget, Path(args.out) if args.out else None,
+                        [Path(p) for p in args.previous or []])
+
+
+def cmd_answer(args: argparse.Namespace) -> dict:
+    from .active import answer_round
+    cfg = _config(args)
+    cfg["progress"] = cfg["progress"] and not args.quiet
+    return answer_round(cfg, Path(args.requests), [Path(p) for p in args.previous or []],
+                        Path(args.labels) if args.labels else None)
+
+
 def cmd_bench_score(args: argparse.Namespace) -> dict:
     from .bench import run_score_bench
     return run_score_bench(args.out)
@@ -159,6 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_args(ex)
     ex.set_defaults(func=cmd_experiment)
 
+    sel = sub.add_parser("select", help="active learning (section 3.6): write a label-request file")
+    sel.add_argument("--strategy", default="margin-kmeans", choices=["margin-kmeans", "margin", "kmeans", "random"])
+    sel.add_argument("--budget", type=int, required=True, help="number of images to request")
+    sel.add_argument("--out", help="the request file (default: in runs/active-*/)")
+    sel.add_argument("--previous", nargs="*", help="earlier rounds' request files (their images leave the pool)")
+    _profile_args(sel)
+    sel.set_defaults(func=cmd_select)
+
+    ans = sub.add_parser("answer", help="the oracle: label a request file from labels the training never saw")
+    ans.add_argument("requests", help="a request file written by `lossless select`")
+    ans.add_argument("--previous", nargs="*", help="earlier rounds' request files (an image asked twice is an error)")
+    ans.add_argument("--labels", help="nyu-dl21: a torch tensor of labels for the unlabeled/ folder's images")
+    _profile_args(ans)
+    ans.set_defaults(func=cmd_answer)
+
     book = sub.add_parser("book", help="run the chapters with papermill and build the HTML book")
     book.add_argument("--profile", default=config.DEFAULT_PROFILE)
     book.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
@@ -190,7 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options that come after another positional argument
+    # (`lossless answer FILE --labels L --profile cpu seed=3`), where argparse leaves them over
+    if extra and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides = list(args.overrides or []) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], dict] = args.func
     try:
         result = func(args)

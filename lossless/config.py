@@ -237,6 +237,16 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
         UNIT_INTERVAL_OPEN),
     "pl_patience": (3, "ReduceLROnPlateau patience in epochs",
         NONNEG_INT),
+    # --- active learning (paper section 3.6) ---
+    "al_candidates": (70_000 / 512_000, "most ambiguous pool images kept before k-means: a fraction (<= 1) or a count "
+                      "(the paper: 70,000 of 512,000)",
+        POSITIVE),
+    "al_clusters": (None, "k-means clusters (None: as many as classes, the paper)",
+        optional(POSITIVE_INT)),
+    "al_per_cluster": (16, "requests per cluster (the paper: 16)",
+        POSITIVE_INT),
+    "al_order": ("margin", "order within a cluster: margin (most ambiguous first) | centroid (nearest the centre)",
+        choice("margin", "centroid")),
 }
 
 

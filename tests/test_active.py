@@ -136,3 +136,53 @@ def test_the_nyu_layout_uses_the_competitions_names(tmp_path):
     hidden = np.arange(80) % 4
     idx, labels = active.answer(path, data, labelled=np.array([], dtype=np.int64), hidden_labels=hidden)
     assert labels.tolist() == [0, 1, 3]
+
+
+def test_select_and_answer_commands_on_a_nyu_layout_folder(tmp_path, capsys):
+    """One command writes the competition's request file for a nyu-dl21 folder; the oracle answers
+    it from a labels tensor; asking again for an answered image is refused."""
+    import json
+
+    import torch
+    from conftest import make_nyu_tree
+    from lossless.cli import main
+    made = make_nyu_tree(tmp_path / "nyu", n_train=40, n_val=20, n_unlabeled=30, classes=4, size=16)
+    common = ["--profile", "smoke", "--quiet", "dataset=nyu-dl21", f"data_root={tmp_path / 'nyu'}", "num_classes=4",
+              f"runs_dir={tmp_path / 'runs'}", "ssl_batch_size=32", "ft_batch_size=16", "al_candidates=20",
+              "al_clusters=4", "al_per_cluster=2"]
+    assert main(["select", "--strategy", "margin-kmeans", "--budget", "8", *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    names = open(out["requests"]).read().split()
+    assert len(names) == 8 == out["requested"] and all(n.endswith(".png") and (tmp_path / "nyu" / "unlabeled" / n).is_file()
+                                                       for n in names)
+    assert out["already_right"] is None                                # the pool has no labels on disk
+    hidden = torch.arange(30) % 4
+    torch.save(hidden, tmp_path / "pool_labels.pt")
+    assert main(["answer", out["requests"], "--labels", str(tmp_path / "pool_labels.pt"), *common]) == 0
+    answered = json.loads(capsys.readouterr().out)
+    lines = open(answered["answers"]).read().splitlines()
+    assert [ln.split()[0] for ln in lines] == names
+    assert all(int(ln.split()[1]) == int(ln.split()[0][:-4]) % 4 for ln in lines)
+    # round 2 leaves round 1's images out of the pool; answering round 1 again as new is refused
+    assert main(["select", "--strategy", "margin", "--budget", "5", "--previous", out["requests"], *common]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert not set(open(second["requests"]).read().split()) & set(names) and second["pool"] == 22
+    assert main(["answer", out["requests"], "--previous", out["requests"], "--labels",
+                 str(tmp_path / "pool_labels.pt"), *common]) == 2
+    assert "were requested or labelled before" in capsys.readouterr().err
+    assert main(["select", "--budget", "23", "--previous", out["requests"], *common]) == 2
+    assert "budget=23 is more than the 22 images in the pool" in capsys.readouterr().err
+
+
+def test_select_on_fashion_like_data_reports_what_was_already_right(tmp_path, capsys):
+    import json
+
+    from lossless.cli import main
+    common = ["--profile", "smoke", "--quiet", f"runs_dir={tmp_path / 'runs'}", "al_clusters=10", "al_per_cluster=3"]
+    assert main(["select", "--strategy", "margin-kmeans", "--budget", "30", *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["requested"] == 30 and 0 <= out["already_right"] <= 30 and sum(out["requested_per_predicted_class"]) == 30
+    side = np.load(out["indices"])
+    assert len(side["index"]) == 30 and '"strategy": "margin-kmeans"' in str(side["header"])
+    assert main(["select", "--strategy", "margin-kmeans", "--budget", "31", *common]) == 2
+    assert "al_per_cluster=3 x 10 clusters = 30 requests, fewer than the budget of 31" in capsys.readouterr().err
