@@ -44,16 +44,29 @@ def candidate_count(value: float | int, pool: int) -> int:
     return min(max(n, 1), pool)
 
 
+KMEANS_SEEDING_SAMPLE = 10_000
+
+
 def kmeans(features: np.ndarray, clusters: int, seed: int, minibatch: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster labels (N,) and centres (K, D) of scikit-learn's k-means, deterministic for a seed."""
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    """Cluster labels (N,) and centres (K, D) of scikit-learn's k-means, deterministic for a seed.
+
+    k-means++ seeding is sequential in the number of clusters: at the paper's 70,000 x 512 into 800
+    it alone took 71 s of KMeans's 68-71 s here, its Lloyd iterations 4 s. So above
+    :data:`KMEANS_SEEDING_SAMPLE` points the seeds are drawn by k-means++ from a random sample of
+    that many points, and Lloyd's iterations then run on every point."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans, kmeans_plusplus
     x = np.ascontiguousarray(features, dtype=np.float32)
     if clusters > len(x):
         raise ConfigError(f"al_clusters={clusters} is more than the {len(x)} images to cluster; use fewer clusters")
+    init = "k-means++"
+    if len(x) > KMEANS_SEEDING_SAMPLE and clusters < KMEANS_SEEDING_SAMPLE:
+        sample = np.sort(np.random.default_rng(seed).choice(len(x), KMEANS_SEEDING_SAMPLE, replace=False))
+        init, _ = kmeans_plusplus(x[sample], clusters, random_state=seed)
     if minibatch:
-        model = MiniBatchKMeans(n_clusters=clusters, random_state=seed, n_init=3, batch_size=4096)
+        model = MiniBatchKMeans(n_clusters=clusters, init=init, random_state=seed, n_init=1 if len(x) > KMEANS_SEEDING_SAMPLE
+                                else 3, batch_size=4096)
     else:
-        model = KMeans(n_clusters=clusters, random_state=seed, n_init=1)
+        model = KMeans(n_clusters=clusters, init=init, random_state=seed, n_init=1)
     labels = model.fit_predict(x)
     return labels.astype(np.int64), model.cluster_centers_
 

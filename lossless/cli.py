@@ -122,6 +122,11 @@ def cmd_answer(args: argparse.Namespace) -> dict:
                         Path(args.labels) if args.labels else None)
 
 
+def cmd_bench_kmeans(args: argparse.Namespace) -> dict:
+    from .bench import run_kmeans_bench
+    return run_kmeans_bench(args.out, args.points, args.dim, args.clusters)
+
+
 def cmd_bench_score(args: argparse.Namespace) -> dict:
     from .bench import run_score_bench
     return run_score_bench(args.out)
@@ -212,6 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc = bench_sub.add_parser("score", help="pool scoring: throughput vs forward-only, selection memory")
     sc.add_argument("--out", default=None)
     sc.set_defaults(func=cmd_bench_score)
+
+    km = bench_sub.add_parser("kmeans", help="active learning's k-means at the paper's scale (70,000 x 512 -> 800)")
+    km.add_argument("--out", default=None)
+    km.add_argument("--points", type=int, default=70_000)
+    km.add_argument("--dim", type=int, default=512)
+    km.add_argument("--clusters", type=int, default=800)
+    km.set_defaults(func=cmd_bench_kmeans)
 
     cfg_p = sub.add_parser("config", help="print the resolved configuration of a profile")
     cfg_p.add_argument("--list", action="store_true", help="list every parameter with its default")
