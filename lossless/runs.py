@@ -55,6 +55,23 @@ def write_json(path: Path, obj: Any) -> None:
     _atomic_write(path, json.dumps(obj, indent=1, default=str).encode())
 
 
+def write_bytes(path: Path, payload: bytes | memoryview | Callable[[Any], None]) -> None:
+    """``payload`` (bytes, or a function that writes to the open file) into ``path``, atomically."""
+    _atomic_write(path, payload)
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(path, text.encode())
+
+
+def write_npz(path: Path, **arrays: Any) -> None:
+    """``np.savez`` of ``arrays`` into ``path``, atomically."""
+    import numpy as np
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _atomic_write(path, buffer.getbuffer())
+
+
 def read_json(path: Path) -> Any:
     """The JSON in ``path``; a file that is not JSON is a clear error naming it."""
     path = Path(path)

@@ -12,7 +12,6 @@ and command that asks for the same seed gets the same indices.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,8 +142,6 @@ def load_or_make_split(data: ImageSet, labels_per_class: int = 32, val_per_class
             pass  # unreadable (interrupted write from an older version): draw it again below
     split = make_split(data, labels_per_class, val_per_class, seed)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, **{n: split.indices(n) for n in SPLIT_NAMES})
-        os.replace(tmp, path)
+        from .. import runs
+        runs.write_npz(path, **{n: split.indices(n) for n in SPLIT_NAMES})
     return split
