@@ -28,7 +28,7 @@ def embed(module: nn.Module, images: np.ndarray, augmenter: Augmenter, device: t
     module.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        batch = torch.from_numpy(np.array(images[start:start + batch_size])).to(device)
         with autocast_context(device, amp_dtype):
             out.append(module(augmenter.plain(batch, size)).float().cpu())
     module.train(was_training)
