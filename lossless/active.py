@@ -113,7 +113,7 @@ class Selection:
 
 def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = None,
            features=None, candidates: float | int = 70_000 / 512_000,
-           clusters: int = 10, quota: int = 16, order: str = "margin", minibatch: bool = False) -> Selection:
+           clusters: int = 10, quota: int | None = None, order: str = "margin", minibatch: bool = False) -> Selection:
     """``budget`` positions of a pool of ``len(margin)`` (or ``len(features)``) images;
     ``features`` is an (N, D) array or a function of positions that returns their rows (so only the
     images the rule clusters are embedded).
@@ -124,7 +124,11 @@ def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = No
       (representative, no margin);
     * ``margin-kmeans`` (the paper): the ``candidates`` most ambiguous, k-means of their features,
       up to ``quota`` per cluster, most ambiguous first (``order="margin"``) or nearest the centre
-      (``order="centroid"``)."""
+      (``order="centroid"``).
+
+    ``quota`` None is the budget over the clusters, rounded up (the paper: 12,800 / 800 = 16).
+    Rows of ``features`` are L2-normalised before k-means (directions, as the SSL literature
+    compares embeddings; a few wide features would otherwise decide every distance)."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy={strategy!r} is not allowed: one of {', '.join(STRATEGIES)}")
     if order not in ORDERS:
@@ -138,6 +142,7 @@ def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = No
         raise LosslessError(f"strategy {strategy} needs the pool's margins")
     if strategy in ("kmeans", "margin-kmeans") and features is None:
         raise LosslessError(f"strategy {strategy} needs the pool's features")
+    quota = quota if quota is not None else -(-budget // clusters)
     if strategy == "random":
         pos = np.sort(np.random.default_rng(seed).choice(n, size=budget, replace=False))
         return Selection(strategy, pos, np.zeros(budget))
@@ -162,17 +167,19 @@ def select(strategy: str, budget: int, seed: int, margin: np.ndarray | None = No
                      {"candidates": int(len(cand)), "clusters": clusters, "order": order})
 
 
-def intersect(selections: Sequence[np.ndarray], margins: Sequence[np.ndarray], budget: int) -> np.ndarray:
+def intersect(selections: Sequence[np.ndarray], margins: Sequence[np.ndarray], budget: int,
+              allow_empty: bool = False) -> np.ndarray:
     """The images every model chose, ``budget`` of them, as the paper intersected its models.
 
     Each image's *summed margin rank* (its position in each model's margin order, added up) breaks
     every choice: an intersection larger than the budget keeps its smallest summed ranks; a smaller
     one is filled with the images of the union not in it, smallest summed rank first. An empty
-    intersection is an error: the models agree on nothing, and the fill would be a new rule."""
+    intersection is an error (the models agree on nothing) unless ``allow_empty``, when the whole
+    budget comes from the union by summed margin rank (the experiment counts how often)."""
     common = selections[0]
     for s in selections[1:]:
         common = np.intersect1d(common, s)
-    if len(common) == 0:
+    if len(common) == 0 and not allow_empty:
         raise LosslessError(f"the {len(selections)} models' selections have no image in common; intersect fewer "
                             f"models, or use one model's selection")
     n = len(margins[0])
@@ -192,9 +199,83 @@ def intersect(selections: Sequence[np.ndarray], margins: Sequence[np.ndarray], b
     return np.sort(np.concatenate([common, fill]))
 
 
+TYPICALITY_NEIGHBOURS = 20
+TYPICLUST_MIN_CLUSTER = 5
+
+
+def typicality(x: np.ndarray, k: int = TYPICALITY_NEIGHBOURS) -> np.ndarray:
+    """Each row's typicality: 1 / (mean Euclidean distance to its ``k`` nearest other rows)
+    (Hacohen, Dekel & Weinshall, 2022): high in the dense middle of a cluster."""
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    k = max(1, min(k, n - 1))
+    if n == 1:
+        return np.ones(1)
+    sq = (x * x).sum(1)
+    out = np.empty(n)
+    for start in range(0, n, 1024):
+        d2 = sq[start:start + 1024, None] + sq[None, :] - 2 * x[start:start + 1024] @ x.T
+        d2[np.arange(len(d2)), np.arange(start, start + len(d2))] = np.inf      # not its own neighbour
+        near = np.sqrt(np.maximum(np.partition(d2, k - 1, axis=1)[:, :k], 0))
+        out[start:start + 1024] = 1.0 / (near.mean(1) + 1e-5)
+    return out
+
+
+def typiclust(pool_features: np.ndarray, labelled_features: np.ndarray, budget: int, seed: int,
+              max_clusters: int = 500) -> Selection:
+    """TypiClust (Hacohen et al., 2022), the strongest published rule at tiny budgets: k-means of
+    labelled + pool into ``min(labelled + budget, max_clusters)`` clusters; clusters with fewer
+    than :data:`TYPICLUST_MIN_CLUSTER` images are left out, the rest are visited from the fewest
+    labelled images (uncovered first), then the largest, one request each, cycling when the
+    budget is larger; each request is the most *typical* pool image left in its cluster
+    (:func:`typicality` with min(20, half the cluster) neighbours). Positions are into the pool."""
+    pool_n = len(pool_features)
+    if not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ConfigError(f"budget={budget!r} is not allowed: an integer >= 1")
+    if budget > pool_n:
+        raise ConfigError(f"budget={budget} is more than the {pool_n} images in the pool; lower the budget")
+    x = normalise(np.concatenate([np.asarray(labelled_features), np.asarray(pool_features)]))
+    n_lab = len(labelled_features)
+    k = min(n_lab + budget, max_clusters, len(x))
+    cluster, _ = kmeans(x, k, seed, minibatch=True)   # as the authors of TypiClust did above 50 clusters
+    sizes = np.bincount(cluster, minlength=k)
+    covered = np.bincount(cluster[:n_lab], minlength=k)
+    ids = np.flatnonzero(sizes >= TYPICLUST_MIN_CLUSTER)
+    visit = ids[np.lexsort((ids, -sizes[ids], covered[ids]))]   # fewest labelled, then largest, then id
+    pool_cluster = cluster[n_lab:]
+    free = np.ones(pool_n, dtype=bool)
+    chosen, score = [], []
+    i = 0
+    while len(chosen) < budget:
+        if not free.any() or i >= len(visit) * (budget + 1):
+            raise LosslessError(f"TypiClust found only {len(chosen)} of {budget} requests in clusters of "
+                                f">= {TYPICLUST_MIN_CLUSTER} images; lower the budget")
+        c = visit[i % len(visit)]
+        i += 1
+        members = np.flatnonzero((pool_cluster == c) & free)
+        if len(members) == 0:
+            continue
+        t = typicality(x[n_lab + members], min(TYPICALITY_NEIGHBOURS, max(len(members) // 2, 1)))
+        best = int(np.argmax(t))                                    # ties: the lowest position
+        chosen.append(members[best])
+        score.append(t[best])
+        free[members[best]] = False
+    order = np.argsort(chosen)
+    return Selection("typiclust", np.asarray(chosen, dtype=np.int64)[order], np.asarray(score)[order],
+                     {"clusters": int(k), "clusters_used": int(len(visit))})
+
+
 def _features(features, positions: np.ndarray) -> np.ndarray:
-    """Rows ``positions`` of an array, or ``features(positions)`` of a callable that embeds them."""
-    return np.asarray(features(positions) if callable(features) else np.asarray(features)[positions])
+    """Rows ``positions`` of an array, or ``features(positions)`` of a callable that embeds them,
+    L2-normalised (float32)."""
+    x = np.asarray(features(positions) if callable(features) else np.asarray(features)[positions], dtype=np.float32)
+    return normalise(x)
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _distance_to_centre(features: np.ndarray, labels: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -226,11 +307,8 @@ def write_requests(path: Path, data, selection: Selection, header: dict) -> Path
     the indices, their scores and ``header`` (seed, round, strategy, ...). Both atomic."""
     path = Path(path)
     idx = np.asarray(selection.positions)
-    runs._atomic_write(path, "".join(n + "\n" for n in image_names(data, idx)).encode())
-    import io
-    buffer = io.BytesIO()
-    np.savez(buffer, index=idx, score=np.asarray(selection.score), header=json.dumps(header))
-    runs._atomic_write(path.with_suffix(".npz"), buffer.getbuffer())
+    runs.write_text(path, "".join(n + "\n" for n in image_names(data, idx)))
+    runs.write_npz(path.with_suffix(".npz"), index=idx, score=np.asarray(selection.score), header=json.dumps(header))
     return path
 
 
@@ -301,7 +379,10 @@ def select_round(cfg, strategy: str, budget: int, out: Path | None = None,
     scores = score(model, data.images[pool], model.augmenter.plain, device, amp)
 
     def features(positions: np.ndarray) -> np.ndarray:
+        """What k-means clusters: the backbone's embedding (the paper) or the softmax (the authors' code)."""
         with torch.no_grad():
+            if cfg["al_features"] == "softmax":
+                return embed(model, data.images[pool[positions]], model.augmenter, device, amp).softmax(1).numpy()
             return embed(model.backbone, data.images[pool[positions]], model.augmenter, device, amp).numpy()
     sel = select(strategy, budget, cfg["seed"], margin=scores.margin, features=features,
                  candidates=cfg["al_candidates"], clusters=cfg["al_clusters"] or data.num_classes,
@@ -350,6 +431,6 @@ def answer_round(cfg, requests: Path, previous: Sequence[Path] = (), labels_file
     idx, labels = answer(Path(requests), data, np.concatenate([split.labelled, asked]), hidden)
     names = image_names(data, idx)
     out = Path(str(requests) + ".answers.txt")
-    runs._atomic_write(out, "".join(f"{n} {int(y)}\n" for n, y in zip(names, labels)).encode())
+    runs.write_text(out, "".join(f"{n} {int(y)}\n" for n, y in zip(names, labels)))
     return {"answers": str(out), "answered": int(len(idx)),
             "per_class": np.bincount(labels, minlength=data.num_classes).tolist()}

@@ -99,10 +99,15 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 
 def cmd_experiment(args: argparse.Namespace) -> dict:
-    from .experiments import claims
     cfg = _config(args)
     cfg["progress"] = cfg["progress"] and not args.quiet
-    r = claims(cfg, seeds=args.seeds)
+    if args.name == "active":
+        from .experiments import active as ex
+        r = ex.experiment(cfg, seeds=10 if args.seeds is None else args.seeds)
+        return {"run": r["run"], "seeds": len(r["seeds"]), "budget": r["budget"], "rounds": r["rounds"],
+                "minus_random": [{k: v for k, v in row.items() if k != "per_seed"} for row in ex.difference_rows(r)]}
+    from .experiments import claims
+    r = claims(cfg, seeds=5 if args.seeds is None else args.seeds)
     return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
 
 
@@ -110,7 +115,7 @@ def cmd_select(args: argparse.Namespace) -> dict:
     from .active import select_round
     cfg = _config(args)
     cfg["progress"] = cfg["progress"] and not args.quiet
-    return select_round(cfg, args.strategy, args.budget, Path(args.out) if args.out else None,
+    return select_round(cfg, args.strategy, args.budget or cfg["al_budget"], Path(args.out) if args.out else None,
                         [Path(p) for p in args.previous or []])
 
 
@@ -174,15 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="a runs/finetune-* or runs/pseudo-*/roundN folder")
     ev.set_defaults(func=cmd_evaluate)
 
-    ex = sub.add_parser("experiment", help="the claim experiment over seeds (sections 3.4, 3.5, 5)")
-    ex.add_argument("name", choices=["claims"])
-    ex.add_argument("--seeds", type=int, default=5)
+    ex = sub.add_parser("experiment", help="an experiment over seeds: claims (sections 3.4, 3.5, 5) or active "
+                                           "(section 3.6: label-request rules against random)")
+    ex.add_argument("name", choices=["claims", "active"])
+    ex.add_argument("--seeds", type=int, default=None, help="seeds (default: 5 for claims, 10 for active)")
     _profile_args(ex)
     ex.set_defaults(func=cmd_experiment)
 
     sel = sub.add_parser("select", help="active learning (section 3.6): write a label-request file")
     sel.add_argument("--strategy", default="margin-kmeans", choices=["margin-kmeans", "margin", "kmeans", "random"])
-    sel.add_argument("--budget", type=int, required=True, help="number of images to request")
+    sel.add_argument("--budget", type=int, default=None, help="number of images to request (default: al_budget)")
     sel.add_argument("--out", help="the request file (default: in runs/active-*/)")
     sel.add_argument("--previous", nargs="*", help="earlier rounds' request files (their images leave the pool)")
     _profile_args(sel)

@@ -243,10 +243,25 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
         POSITIVE),
     "al_clusters": (None, "k-means clusters (None: as many as classes, the paper)",
         optional(POSITIVE_INT)),
-    "al_per_cluster": (16, "requests per cluster (the paper: 16)",
-        POSITIVE_INT),
+    "al_per_cluster": (None, "requests per cluster (None: the budget over the clusters, rounded up; the paper: "
+                       "12,800 / 800 = 16)",
+        optional(POSITIVE_INT)),
     "al_order": ("margin", "order within a cluster: margin (most ambiguous first) | centroid (nearest the centre)",
         choice("margin", "centroid")),
+    "al_features": ("backbone", "what k-means clusters: backbone (the paper: the backbone's embedding) | softmax "
+                    "(the authors' code: the classifier's softmax vector)",
+        choice("backbone", "softmax")),
+    "al_budget": (12_800, "labels requested per round (the paper: 12,800)",
+        POSITIVE_INT),
+    "al_rounds": (1, "request rounds of the active-learning experiment (the paper: one)",
+        POSITIVE_INT),
+    "al_head_epochs": (30, "epochs of the two-layer head retrained on frozen features after each round",
+        POSITIVE_INT),
+    "al_head_lr": (0.05, "SGD learning rate of that head (chosen on validation: 30 epochs at 0.05 matched 100 at "
+                   "the fine-tuning head's 0.01)",
+        POSITIVE),
+    "al_typiclust_max_clusters": (500, "TypiClust's cap on its clusters (labelled + budget; Hacohen et al.: 500)",
+        at_least(2)),
 }
 
 

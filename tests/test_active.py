@@ -186,3 +186,20 @@ def test_select_on_fashion_like_data_reports_what_was_already_right(tmp_path, ca
     assert len(side["index"]) == 30 and '"strategy": "margin-kmeans"' in str(side["header"])
     assert main(["select", "--strategy", "margin-kmeans", "--budget", "31", *common]) == 2
     assert "al_per_cluster=3 x 10 clusters = 30 requests, fewer than the budget of 31" in capsys.readouterr().err
+
+
+def test_select_clusters_the_softmax_when_asked_and_defaults_to_al_budget(tmp_path, capsys):
+    import json
+
+    from lossless.cli import main
+    common = ["--profile", "smoke", "--quiet", f"runs_dir={tmp_path / 'runs'}"]
+    assert main(["select", "--strategy", "margin-kmeans", *common, "al_features=softmax", "al_budget=12"]) == 0
+    soft = json.loads(capsys.readouterr().out)
+    assert soft["requested"] == 12                                   # al_budget; ceil(12 / 10) = 2 per cluster
+    assert main(["select", "--strategy", "margin-kmeans", "--out", str(tmp_path / "emb.txt"), *common,
+                 "al_budget=12"]) == 0
+    emb = json.loads(capsys.readouterr().out)
+    a, b = np.load(soft["indices"])["index"], np.load(emb["indices"])["index"]
+    assert len(b) == 12 and not np.array_equal(a, b)                 # another space, other clusters
+    assert main(["select", *common, "al_features=logits"]) == 2
+    assert "al_features='logits' is not allowed" in capsys.readouterr().err
