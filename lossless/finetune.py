@@ -19,6 +19,7 @@ profile), so the baseline's backbone rate ``sup_lr_backbone`` was chosen on vali
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -204,17 +205,42 @@ def validation_metrics(model: Classifier, split: data_mod.Split, device, amp, na
     return {f"{name}_loss": loss / len(images), f"{name}_acc": correct / len(images)}
 
 
-def finetune_dir(cfg: Mapping[str, Any], init: str, pretrained: Path | None) -> Path:
+def finetune_dir(cfg: Mapping[str, Any], init: str, pretrained: Path | None,
+                 extra: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
     keys = {k: cfg.get(k) for k in set(PRETRAIN_KEYS) | set(FINETUNE_KEYS)}
     # version 2: the input normalisation comes from the pretraining run (version 1 re-measured it)
     keys.update(init=init, pretrained=str(pretrained) if pretrained else None, version=2)
+    if extra is not None:  # a labelled set grown by requests: the folder is keyed by what was added
+        keys["extra_labels"] = hashlib.sha1(np.asarray(extra[0], dtype=np.int64).tobytes()
+                                            + np.asarray(extra[1], dtype=np.int64).tobytes()).hexdigest()
     return runs.run_dir(cfg, f"finetune-{init}", keys)
 
 
-def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | None = None) -> dict:
+def check_extra(extra, split: data_mod.Split) -> tuple[np.ndarray, np.ndarray] | None:
+    """``extra`` as (dataset indices, labels), checked: pool images only, each once, a known class."""
+    if extra is None:
+        return None
+    idx, lab = (np.asarray(a, dtype=np.int64) for a in extra)
+    if idx.shape != lab.shape or idx.ndim != 1:
+        raise LosslessError(f"extra labels: {idx.shape} indices for {lab.shape} labels; give two 1-D arrays of one length")
+    if len(np.unique(idx)) != len(idx):
+        raise LosslessError("extra labels: an image is given twice; each once")
+    outside = np.setdiff1d(idx, split.unlabelled)
+    if len(outside):
+        raise LosslessError(f"extra labels: {len(outside)} image(s) are not in the unlabelled pool (e.g. index "
+                            f"{int(outside[0])}); only pool images can be added")
+    if len(lab) and (lab.min() < 0 or lab.max() >= split.data.num_classes):
+        raise LosslessError(f"extra labels: labels must lie in 0..{split.data.num_classes - 1}")
+    return idx, lab
+
+
+def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | None = None,
+             extra: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Fine-tune (``init="barlow"``: from a pretraining run) or train from scratch (``"random"``).
 
-    ``pretrained`` defaults to the backbone of the pretraining run of ``cfg`` (run first if missing)."""
+    ``pretrained`` defaults to the backbone of the pretraining run of ``cfg`` (run first if missing).
+    ``extra`` = (pool indices, labels) adds labelled images to the split's own (the answers of
+    label requests, section 3.6)."""
     if init not in ("barlow", "random"):
         raise LosslessError(f"init={init!r}: choose barlow or random")
     config.validate(cfg)
@@ -228,16 +254,22 @@ def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | No
         pretrained = Path(pretrained) if pretrained else Path(pretrain(cfg)["backbone"])
     else:
         pretrained = None
-    run = finetune_dir(cfg, init, pretrained)
+    extra = check_extra(extra, split)
+    run = finetune_dir(cfg, init, pretrained, extra)
     with runs.claim(run):  # one process per run folder; a second command waits, then finds the result
         done = runs.find_result(run)
-        return done if done is not None else _finetune_run(cfg, init, pretrained, run, split, device, amp)
+        return done if done is not None else _finetune_run(cfg, init, pretrained, run, split, device, amp, extra)
 
 
 def _finetune_run(cfg: Mapping[str, Any], init: str, pretrained: Path | None, run: Path, split: data_mod.Split,
-                  device: torch.device, amp) -> dict:
+                  device: torch.device, amp, extra: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     model = build_classifier(cfg, split, pretrained, device, amp)
-    batches = Batches(split.data.images, split.data.labels, split.labelled, cfg["ft_batch_size"], seed=cfg["seed"],
+    labels, train_idx = split.data.labels, split.labelled
+    if extra is not None:
+        labels = labels.copy()
+        labels[extra[0]] = extra[1]
+        train_idx = np.concatenate([split.labelled, extra[0]])
+    batches = Batches(split.data.images, labels, train_idx, cfg["ft_batch_size"], seed=cfg["seed"],
                       drop_last=False, device=device)
     # The paper's 0.0008 suits a pretrained backbone; a random one barely moves at that rate
     # (42% validation accuracy on the cpu profile), so the baseline gets its own, chosen on validation.
@@ -254,6 +286,7 @@ def _finetune_run(cfg: Mapping[str, Any], init: str, pretrained: Path | None, ru
                evaluate=lambda epoch: validation_metrics(model, split, device, amp))
     return finish_classifier(run, engine, model, split, device, amp,
                              {"init": init, "pretrained": str(pretrained) if pretrained else None,
+                              "extra_labels": 0 if extra is None else int(len(extra[0])),
                               "train_seconds": round(time.perf_counter() - t0, 1)})
 
 

@@ -237,3 +237,93 @@ def seeds_and_budget(result: dict, labels: dict[str, str]):
     b.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ active learning (section 3.6)
+def margin_gallery(rows: dict[str, tuple[np.ndarray, list[str]]]):
+    """Pool images in rows (e.g. smallest and largest margins), each titled (top-2 classes, margin)."""
+    n = max(len(imgs) for imgs, _ in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.05, len(rows) * 1.45), squeeze=False)
+    for r, (name, (imgs, titles)) in enumerate(rows.items()):
+        for c in range(n):
+            ax = axes[r, c]
+            if c < len(imgs):
+                _show(ax, imgs[c])
+                ax.set_title(titles[c], fontsize=6)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def cluster_map(xy: np.ndarray, cluster: np.ndarray, chosen: np.ndarray, title: str = ""):
+    """Candidates in a 2-D projection, coloured by k-means cluster, the requested ones marked."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    colours = plt.get_cmap("tab10" if cluster.max() < 10 else "tab20")
+    ax.scatter(xy[:, 0], xy[:, 1], c=[colours(int(k) % colours.N) for k in cluster], s=3, alpha=0.35, lw=0)
+    ax.scatter(xy[chosen, 0], xy[chosen, 1], facecolors="none", edgecolors="black", s=28, lw=0.9,
+               label="requested")
+    ax.set_xlabel("first principal component")
+    ax.set_ylabel("second principal component")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(rows: list[dict]):
+    """Accuracy against labels: each strategy's mean over seeds with its 95% band."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        rs = [r for r in rows if r["strategy"] == strategy]
+        x = [r["labels"] for r in rs]
+        line, = ax.plot(x, [r["mean"] for r in rs], marker="o", ms=3, label=strategy,
+                        lw=2 if strategy == "random" else 1.2, color="black" if strategy == "random" else None)
+        ax.fill_between(x, [r["low"] for r in rs], [r["high"] for r in rs], color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("labelled images")
+    ax.set_ylabel("test accuracy %")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def differences(rows: list[dict]):
+    """Each strategy minus random, per round and for the area under the curve: every seed a dot,
+    the mean a bar with its paired 95% interval."""
+    panels = list(dict.fromkeys(r["at"] for r in rows))
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.4), sharey=True, squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, at in zip(axes[0], panels):
+        for i, strategy in enumerate(strategies):
+            r = next(r for r in rows if r["at"] == at and r["strategy"] == strategy)
+            ax.scatter(i + rng.uniform(-0.15, 0.15, len(r["per_seed"])), r["per_seed"], s=9, alpha=0.5)
+            ax.errorbar(i, r["mean"], yerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], color="black",
+                        capsize=4, marker="_", ms=14, lw=1.2)
+        ax.axhline(0, color="gray", lw=0.8, ls=":")
+        ax.set_xticks(range(len(strategies)))
+        ax.set_xticklabels(strategies, rotation=45, ha="right", fontsize=8)
+        ax.set_title(at, fontsize=9)
+    axes[0, 0].set_ylabel("minus random (points)")
+    fig.tight_layout()
+    return fig
+
+
+def request_classes(rows: list[dict], classes: Sequence[str]):
+    """The share of each class among each strategy's requests (all rounds, mean over seeds)."""
+    m = np.array([[r[c] for c in classes] for r in rows], dtype=np.float64)
+    share = 100 * m / m.sum(1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * len(classes), 0.5 + 0.42 * len(rows)))
+    im = ax.imshow(share, cmap="viridis", aspect="auto")
+    for i in range(share.shape[0]):
+        for j in range(share.shape[1]):
+            ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if share[i, j] < share.max() * 0.6 else "black")
+    ax.set_xticks(range(len(classes)))
+    ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r["strategy"] for r in rows], fontsize=8)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="% of requests")
+    fig.tight_layout()
+    return fig

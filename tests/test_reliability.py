@@ -68,6 +68,7 @@ def test_relations_between_parameters_are_checked():
 def test_book_accepts_the_chapters_own_parameters(tmp_path, capsys):
     declared = book.chapter_parameters(ROOT)
     assert declared["seeds"]["default"] == 5 and declared["seeds"]["chapters"] == ["results"]
+    assert declared["al_experiment_seeds"] == {"default": 10, "chapters": ["active-learning"]}
     out = tmp_path / "nb"
     assert main(["book", "--profile", "smoke", "-p", "seeds", "3", "-p", "ssl_lr", "1e-3",
                  "--notebooks-only", str(out)]) == 0
@@ -78,7 +79,8 @@ def test_book_accepts_the_chapters_own_parameters(tmp_path, capsys):
     assert "seeds='three' should be of type int" in capsys.readouterr().err
     assert main(["book", "--profile", "smoke", "-p", "sedes", "3", "--notebooks-only", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "-p sedes: unknown parameter; chapter parameters: seeds; configuration parameters: dataset" in err
+    assert ("-p sedes: unknown parameter; chapter parameters: al_experiment_seeds, al_finetune_seeds, al_strategies, "
+            "seeds; configuration parameters: dataset") in err
     assert main(["book", "--profile", "smoke", "-p", "ssl_epochs", "0", "--notebooks-only", str(out)]) == 2
     assert "ssl_epochs=0 is not allowed" in capsys.readouterr().err
 

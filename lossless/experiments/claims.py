@@ -19,15 +19,15 @@ from typing import Any, Mapping
 
 import torch
 
-from . import config as config_mod
-from . import runs
-from .augment import Augmenter
-from .engine import resolve_device, resolve_precision
-from .evaluate import mean_std, paired_difference
-from .finetune import finetune, load_backbone
-from .pretrain import backbone_for, load_data, pretrain
-from .probes import embed, knn_accuracy, linear_probe_accuracy
-from .pseudo import pseudo_label
+from .. import config as config_mod
+from .. import runs
+from ..augment import Augmenter
+from ..engine import resolve_device, resolve_precision
+from ..evaluate import mean_std, paired_difference
+from ..finetune import finetune, load_backbone
+from ..pretrain import backbone_for, load_data, pretrain
+from ..probes import embed, knn_accuracy, linear_probe_accuracy
+from ..pseudo import pseudo_label
 
 METHODS = ("supervised", "knn_probe", "linear_probe", "barlow_finetune", "pseudo_global", "pseudo_balanced")
 

@@ -1,0 +1,391 @@
+"""The active-learning experiment (paper section 3.6): which images to have labelled, tested
+against random requests at equal budgets, over many seeds.
+
+Start from the split's labelled set (32 per class on the ``cpu`` profile), request ``al_budget``
+labels per round for ``al_rounds`` rounds, retrain after each round, and score the test set.
+The pool's labels stay hidden: each round's choice is written as a request file (the
+competition's format) and answered by the oracle (:func:`lossless.active.answer`), as a user
+would run it.
+
+Retraining. After each round the two-layer head of section 3.4 is trained again, from the same
+initialisation, on the **frozen** Barlow Twins features of the labelled images (stored once in
+the pretraining run's folder, :mod:`lossless.features`): about a second per head, so many seeds
+fit in a chapter. Fine-tuning the whole network instead (section 3.4) is run for the final
+round of the paper's strategy and of random on a few seeds (:func:`finetune_check`), to see
+whether the conclusion holds when the backbone moves too.
+
+The design is paired: one seed fixes the starting labels, the classifier's initialisation and
+every random choice (k-means seeds, random requests) for every strategy, so strategies differ
+only by their requests, and differences are taken seed by seed.
+
+Strategies (:data:`STRATEGIES`): ``random``, ``margin``, ``kmeans``, ``margin-kmeans`` (the
+paper), ``intersection`` (the paper intersected the choices of its Barlow Twins, BYOL and SwAV
+classifiers; here, until those methods exist, of :data:`INTERSECTION_HEADS` heads that differ in
+their initialisation only) and ``typiclust`` (Hacohen et al., 2022).
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import active, runs
+from .. import config as config_mod
+from ..errors import ConfigError
+from ..evaluate import Scores, mean_std, paired_difference, score
+from ..features import frozen_features
+from ..finetune import cosine, finetune, std_floor
+from ..models import ClassifierHead
+from ..pretrain import load_data, pretrain
+
+STRATEGIES = ("random", "margin", "kmeans", "margin-kmeans", "intersection", "typiclust")
+INTERSECTION_HEADS = 3
+EXPERIMENT_KEYS = ("dataset", "data_root", "labels_per_class", "val_per_class", "al_candidates", "al_clusters",
+                   "al_per_cluster", "al_order", "al_features", "al_budget", "al_rounds", "al_head_epochs", "al_head_lr",
+                   "al_typiclust_max_clusters", "ft_batch_size", "ft_weight_decay", "precision",
+                   "channels_last")
+
+
+# ------------------------------------------------------------------ the head on frozen features
+def standardiser(features: np.ndarray, pool: np.ndarray, seed: int, sample: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and spread measured on up to ``sample`` unlabelled images, as the
+    classifier's :class:`~lossless.finetune.FeatureStandardizer` measures them (same floor)."""
+    rows = np.sort(np.random.default_rng(seed).choice(pool, size=min(sample, len(pool)), replace=False))
+    f = torch.from_numpy(np.asarray(features[rows], dtype=np.float32))
+    std = f.std(0)
+    return f.mean(0).numpy(), std.clamp_min(std_floor(std)).numpy()
+
+
+def train_head(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, epochs: int, batch_size: int,
+               lr: float, weight_decay: float) -> torch.nn.Module:
+    """The two-layer head of section 3.4 trained on fixed (standardised) features: SGD, momentum
+    0.9, cosine-annealed ``lr``, batches in a seeded order; initialisation from ``seed``."""
+    torch.manual_seed(seed)
+    x_t, y_t = torch.as_tensor(np.asarray(x, dtype=np.float32)), torch.as_tensor(np.asarray(y, dtype=np.int64))
+    head = ClassifierHead(x_t.shape[1], num_classes)
+    opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, foreach=False)
+    g = torch.Generator().manual_seed(seed)
+    dropout = _Dropout(head[2].p, seed)
+    head_train = lambda xb: head[3](dropout(head[1](head[0](xb))))  # noqa: E731  (the head, its dropout replaced)
+    per_epoch = math.ceil(len(x_t) / batch_size)
+    total, step = epochs * per_epoch, 0
+    head.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x_t), generator=g)
+        for start in range(0, len(x_t), batch_size):
+            b = order[start:start + batch_size]
+            for group in opt.param_groups:
+                group["lr"] = lr * cosine(step, total)
+            loss = F.cross_entropy(head_train(x_t[b]), y_t[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return head.eval()
+
+
+class _Dropout:
+    """Inverted dropout with masks drawn from NumPy's generator (16 random bits per unit):
+    torch's CPU ``bernoulli_`` took 23 ns a unit here, 60% of a head's training step."""
+
+    def __init__(self, p: float, seed: int):
+        self.keep = round((1 - p) * 65536)
+        self.scale = 65536 / self.keep
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        bits = np.frombuffer(self.rng.bytes(2 * z.numel()), dtype=np.uint16).reshape(tuple(z.shape))
+        return z * torch.from_numpy(bits < self.keep) * self.scale
+
+
+def head_scores(head: torch.nn.Module, x: np.ndarray) -> Scores:
+    """Prediction, confidence and margin of ``head`` on feature rows (the O(N) scoring path)."""
+    return score(head, np.asarray(x, dtype=np.float32), lambda b: b, torch.device("cpu"))
+
+
+@torch.no_grad()
+def head_softmax(head: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    return torch.softmax(head(torch.as_tensor(np.asarray(x, dtype=np.float32))), 1).numpy()
+
+
+# ------------------------------------------------------------------ one seed, every strategy
+def seed_state(cfg: Mapping[str, Any], seed: int, feats: np.ndarray):
+    """What one seed fixes: its split, the standardised features of every image (the head's
+    input) and ``train(indices, labels, init_seed)`` that fits a head on them."""
+    c = config_mod.load_profile(cfg["profile"], {k: v for k, v in cfg.items() if k != "profile"}, seed=seed)
+    split = load_data(c, False)
+    mean, std = standardiser(feats, split.unlabelled, seed)
+    xs = (np.asarray(feats, dtype=np.float32) - mean) / std
+
+    def train(idx: np.ndarray, y: np.ndarray, init_seed: int) -> torch.nn.Module:
+        return train_head(xs[idx], y, split.data.num_classes, init_seed, cfg["al_head_epochs"], cfg["ft_batch_size"],
+                          cfg["al_head_lr"], cfg["ft_weight_decay"])
+    return split, xs, train
+
+
+def run_seed(cfg: Mapping[str, Any], seed: int, feats: np.ndarray, strategies: Sequence[str], out: Path) -> dict:
+    """Every strategy's rounds for one seed; requests and answers are written under ``out``."""
+    split, xs, train = seed_state(cfg, seed, feats)
+    data = split.data
+    test_y = split.labels("test")
+    C, B, R = data.num_classes, cfg["al_budget"], cfg["al_rounds"]
+    accuracy = lambda head: float(np.mean(head_scores(head, xs[split.test]).prediction == test_y))  # noqa: E731
+    L0, y0 = split.labelled, data.labels[split.labelled]
+    head_seeds = [seed] + [seed + 1000 * j for j in range(1, INTERSECTION_HEADS)]
+    start_heads = {s: train(L0, y0, s) for s in (head_seeds if "intersection" in strategies else [seed])}
+    start_acc = accuracy(start_heads[seed])
+    result = {"seed": seed, "start_labels": int(len(L0)), "start_accuracy": start_acc, "strategies": {}}
+    for strategy in strategies:
+        L, yL = L0.copy(), y0.copy()
+        seeds_here = head_seeds if strategy == "intersection" else [seed]
+        heads = {s: start_heads[s] for s in seeds_here}
+        rounds = [{"round": 0, "labels": int(len(L)), "test_accuracy": start_acc}]
+        for r in range(1, R + 1):
+            pool = np.setdiff1d(split.unlabelled, L)
+            scored = {s: head_scores(h, xs[pool]) for s, h in heads.items()}
+            sel = _choose(cfg, strategy, B, seed * 1000 + r, pool, feats, L, scored, heads, xs, C)
+            chosen = pool[sel.positions]
+            path = out / f"seed{seed}" / f"{strategy}-round{r}.txt"
+            active.write_requests(path, data, active.Selection(strategy, chosen, sel.score, sel.info),
+                                  {"seed": seed, "round": r, "strategy": strategy, "budget": B, **sel.info})
+            idx, lab = active.answer(path, data, labelled=L)       # the oracle, through the request file
+            predicted = dict(zip(pool[sel.positions].tolist(), scored[seed].prediction[sel.positions].tolist()))
+            right = int(sum(predicted[i] == y for i, y in zip(idx.tolist(), lab.tolist())))
+            L, yL = np.concatenate([L, idx]), np.concatenate([yL, lab])
+            heads = {s: train(L, yL, s) for s in seeds_here}
+            rounds.append({"round": r, "labels": int(len(L)), "test_accuracy": accuracy(heads[seed]),
+                           "already_right": right, "requested_per_class": np.bincount(lab, minlength=C).tolist(),
+                           "mean_margin": float(np.mean(scored[seed].margin[sel.positions])),
+                           "selection": sel.info})
+        result["strategies"][strategy] = {"rounds": rounds, "acquired": L[len(L0):].tolist(),
+                                          "acquired_labels": yL[len(L0):].tolist()}
+    return result
+
+
+def _choose(cfg, strategy: str, budget: int, rseed: int, pool: np.ndarray, feats: np.ndarray, labelled: np.ndarray,
+            scored: dict, heads: dict, xs: np.ndarray, num_classes: int) -> active.Selection:
+    """One round's requests, as positions into ``pool``."""
+    main = next(iter(heads))
+    clusters = cfg["al_clusters"] or num_classes
+    common = dict(candidates=cfg["al_candidates"], clusters=clusters, quota=cfg["al_per_cluster"], order=cfg["al_order"])
+
+    def space(seed_of_head):
+        if cfg["al_features"] == "softmax":
+            return lambda positions: head_softmax(heads[seed_of_head], xs[pool[positions]])
+        return lambda positions: feats[pool[positions]]
+    if strategy == "typiclust":
+        return active.typiclust(np.asarray(feats[pool]), np.asarray(feats[labelled]), budget, rseed,
+                                cfg["al_typiclust_max_clusters"])
+    if strategy == "intersection":
+        picks = [active.select("margin-kmeans", budget, rseed, margin=scored[s].margin, features=space(s), **common)
+                 for s in heads]
+        pos = active.intersect([p.positions for p in picks], [scored[s].margin for s in heads], budget,
+                               allow_empty=True)
+        overlap = picks[0].positions
+        for p in picks[1:]:
+            overlap = np.intersect1d(overlap, p.positions)
+        return active.Selection("intersection", pos, scored[main].margin[pos],
+                                {"models": len(heads), "in_every_selection": int(len(overlap))})
+    return active.select(strategy, budget, rseed, margin=scored[main].margin, features=space(main), **common)
+
+
+# ------------------------------------------------------------------ the experiment
+def experiment_dir(cfg: Mapping[str, Any], backbone: Path, strategies: Sequence[str]) -> Path:
+    keys = {k: cfg.get(k) for k in EXPERIMENT_KEYS}
+    keys.update(backbone=str(backbone), strategies=list(strategies), heads=INTERSECTION_HEADS, version=2)
+    return runs.run_dir(cfg, "active-experiment", keys)
+
+
+def check_strategies(strategies: Sequence[str]) -> list[str]:
+    strategies = list(strategies)
+    bad = [s for s in strategies if s not in STRATEGIES]
+    if bad or not strategies:
+        raise ConfigError(f"strategies={strategies!r} is not allowed: a list drawn from {', '.join(STRATEGIES)}")
+    if "random" not in strategies:
+        raise ConfigError("strategies must include random: every strategy is compared with it")
+    return strategies
+
+
+def experiment(cfg: Mapping[str, Any], seeds: int = 10, strategies: Sequence[str] = STRATEGIES) -> dict:
+    """Run (or load) every seed; returns ``{"seeds": [per-seed results], "run": folder}``.
+    Each seed is stored as it finishes (``seed-{s}.json``), so a stopped experiment resumes."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 2:
+        raise ConfigError(f"seeds={seeds!r} is not allowed: an integer >= 2 (a paired interval needs two)")
+    strategies = check_strategies(strategies)
+    config_mod.validate(cfg)
+    backbone = Path(pretrain(cfg)["backbone"])
+    feats = frozen_features(cfg, backbone)
+    out = experiment_dir(cfg, backbone, strategies)
+    from tqdm.auto import tqdm
+    per_seed = []
+    with runs.claim(out):
+        for s in tqdm(range(seeds), desc="active learning", unit="seed", disable=not cfg["progress"], file=sys.stderr):
+            f = out / f"seed-{s}.json"
+            if not f.is_file():
+                runs.write_json(f, run_seed(cfg, s, feats, strategies, out))
+            per_seed.append(runs.read_json(f))
+    return {"run": str(out), "backbone": str(backbone), "seeds": per_seed, "strategies": strategies,
+            "budget": cfg["al_budget"], "rounds": cfg["al_rounds"]}
+
+
+# ------------------------------------------------------------------ what the chapter reports
+def accuracies(result: Mapping[str, Any], strategy: str) -> np.ndarray:
+    """(seeds, rounds + 1) test accuracies of ``strategy``."""
+    return np.array([[r["test_accuracy"] for r in s["strategies"][strategy]["rounds"]] for s in result["seeds"]])
+
+
+def labels_axis(result: Mapping[str, Any]) -> list[int]:
+    return [r["labels"] for r in result["seeds"][0]["strategies"]["random"]["rounds"]]
+
+
+def interval(values, confidence: float = 0.95) -> dict:
+    """Mean with a Student-t interval over seeds."""
+    from scipy import stats
+    v = np.asarray(values, dtype=np.float64)
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
+    return {"mean": float(v.mean()), "low": float(v.mean()) - half, "high": float(v.mean()) + half, "n": int(len(v))}
+
+
+def curve_rows(result: Mapping[str, Any]) -> list[dict]:
+    """Accuracy (%) against labels: mean and 95% interval over seeds, per strategy and round."""
+    rows = []
+    for strategy in result["strategies"]:
+        acc = accuracies(result, strategy)
+        for r, n in enumerate(labels_axis(result)):
+            i = interval(acc[:, r])
+            rows.append({"strategy": strategy, "round": r, "labels": n, "mean": 100 * i["mean"],
+                         "low": 100 * i["low"], "high": 100 * i["high"], "seeds": i["n"]})
+    return rows
+
+
+def area(acc: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """Normalised area under each seed's learning curve: the trapezoid mean of accuracy over labels."""
+    x = np.asarray(labels, dtype=np.float64)
+    return np.trapezoid(acc, x, axis=1) / (x[-1] - x[0])
+
+
+def difference_rows(result: Mapping[str, Any]) -> list[dict]:
+    """Each strategy minus random, in points, seed by seed: per round and for the area under the
+    curve, the mean with a paired 95% interval and the seeds above / below random."""
+    base = accuracies(result, "random")
+    labels = labels_axis(result)
+    rows = []
+    for strategy in result["strategies"]:
+        if strategy == "random":
+            continue
+        acc = accuracies(result, strategy)
+        cols = [(f"round {r}", acc[:, r], base[:, r]) for r in range(1, acc.shape[1])]
+        cols.append(("area under the curve", area(acc, labels), area(base, labels)))
+        for name, a, b in cols:
+            d = paired_difference(a, b)
+            rows.append({"strategy": strategy, "at": name, "mean": 100 * d["mean"], "low": 100 * d["low"],
+                         "high": 100 * d["high"], "above random": int(np.sum(a > b)), "below random": int(np.sum(a < b)),
+                         "seeds": d["n"], "per_seed": (100 * (np.asarray(a) - np.asarray(b))).tolist()})
+    return rows
+
+
+def area_rows(result: Mapping[str, Any]) -> list[dict]:
+    labels = labels_axis(result)
+    rows = []
+    for strategy in result["strategies"]:
+        i = interval(area(accuracies(result, strategy), labels))
+        rows.append({"strategy": strategy, "mean": 100 * i["mean"], "low": 100 * i["low"], "high": 100 * i["high"]})
+    return rows
+
+
+def balance_rows(result: Mapping[str, Any], classes: Sequence[str]) -> list[dict]:
+    """The classes of each strategy's requests (all rounds, mean over seeds), and how even they
+    are: the smallest and largest class share and the entropy over log(classes)."""
+    rows = []
+    for strategy in result["strategies"]:
+        counts = np.mean([np.sum([r["requested_per_class"] for r in s["strategies"][strategy]["rounds"][1:]], axis=0)
+                          for s in result["seeds"]], axis=0)
+        share = counts / counts.sum()
+        entropy = float(-(share[share > 0] * np.log(share[share > 0])).sum() / np.log(len(share)))
+        rows.append({"strategy": strategy, **{c: float(v) for c, v in zip(classes, counts)},
+                     "smallest share %": 100 * float(share.min()), "largest share %": 100 * float(share.max()),
+                     "evenness": entropy})
+    return rows
+
+
+def already_right_rows(result: Mapping[str, Any]) -> list[dict]:
+    """How many requests the classifier of the time already predicted right (mean over seeds)."""
+    rows = []
+    for strategy in result["strategies"]:
+        per_round = np.array([[r["already_right"] for r in s["strategies"][strategy]["rounds"][1:]]
+                              for s in result["seeds"]], dtype=np.float64)
+        rows.append({"strategy": strategy, **{f"round {r + 1}": float(v) for r, v in enumerate(per_round.mean(0))},
+                     "share %": 100 * float(per_round.mean() / result["budget"])})
+    return rows
+
+
+def intersection_agreement(result: Mapping[str, Any]) -> list[int]:
+    """Per seed and round, how many requests were in every model's own selection."""
+    if "intersection" not in result["strategies"]:
+        return []
+    return [r["selection"]["in_every_selection"] for s in result["seeds"]
+            for r in s["strategies"]["intersection"]["rounds"][1:]]
+
+
+def finetune_check(cfg: Mapping[str, Any], result: Mapping[str, Any], seeds: int,
+                   strategies: Sequence[str] = ("margin-kmeans", "random")) -> list[dict]:
+    """Section 3.4's fine-tuning (the whole network) on the final round's labelled set of
+    ``strategies``, for the first ``seeds`` seeds, beside the start (no requests). Each is a
+    fine-tuning run of its own (stored; a rerun loads it)."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 0 or seeds > len(result["seeds"]):
+        raise ConfigError(f"finetune_check_seeds={seeds!r} is not allowed: an integer from 0 to the "
+                          f"{len(result['seeds'])} seeds of the experiment")
+    backbone = Path(result["backbone"])
+    rows = []
+    for s in result["seeds"][:seeds]:
+        c = config_mod.load_profile(cfg["profile"], {k: v for k, v in cfg.items() if k != "profile"}, seed=s["seed"])
+        row = {"seed": s["seed"], "start": finetune(c, "barlow", backbone)["test_accuracy"]}
+        for strategy in strategies:
+            got = s["strategies"][strategy]
+            row[strategy] = finetune(c, "barlow", backbone, extra=(np.array(got["acquired"]),
+                                                                   np.array(got["acquired_labels"])))["test_accuracy"]
+            row[f"{strategy} (frozen head)"] = got["rounds"][-1]["test_accuracy"]
+        rows.append(row)
+    return rows
+
+
+def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: int = 0, show: int = 10) -> dict:
+    """Round 1 of the paper's strategy for ``seed``, recomputed from its inputs (the starting head
+    and the stored features) so a chapter can draw it: the pool's margins, the candidates, their
+    k-means clusters in a 2-D principal-component projection, which of them were requested (the
+    stored request file), whether the recomputed choice equals the stored one, and the pool images
+    at the smallest and largest margins with their top two classes."""
+    from sklearn.decomposition import PCA
+    feats = frozen_features(cfg, Path(result["backbone"]))
+    split, xs, train = seed_state(cfg, seed, feats)
+    data = split.data
+    head = train(split.labelled, data.labels[split.labelled], seed)
+    pool = np.setdiff1d(split.unlabelled, split.labelled)
+    sc = head_scores(head, xs[pool])
+    cand = np.sort(active.margin_order(sc.margin)[:active.candidate_count(cfg["al_candidates"], len(pool))])
+    raw = head_softmax(head, xs[pool[cand]]) if cfg["al_features"] == "softmax" else np.asarray(feats[pool[cand]])
+    space = active.normalise(raw)                                     # what k-means sees
+    clusters, _ = active.kmeans(space, cfg["al_clusters"] or data.num_classes, seed * 1000 + 1)
+    stored = np.load(Path(result["run"]) / f"seed{seed}" / "margin-kmeans-round1.npz")["index"]
+    again = active.select("margin-kmeans", cfg["al_budget"], seed * 1000 + 1, margin=sc.margin,
+                          features=lambda p: raw[np.searchsorted(cand, p)], candidates=cfg["al_candidates"],
+                          clusters=cfg["al_clusters"] or data.num_classes, quota=cfg["al_per_cluster"],
+                          order=cfg["al_order"])
+    order = active.margin_order(sc.margin)
+
+    def gallery(positions):
+        p = head_softmax(head, xs[pool[positions]])
+        top = np.argsort(-p, 1)[:, :2]
+        return (data.images[pool[positions]],
+                [f"{data.classes[a][:7]}/{data.classes[b][:7]}\n{sc.margin[q]:.3f}" for q, (a, b) in zip(positions, top)])
+    return {"margin": sc.margin, "candidates": len(cand), "pool": len(pool),
+            "xy": PCA(2, random_state=0).fit_transform(space), "cluster": clusters,
+            "requested": np.isin(pool[cand], stored), "matches_stored": bool(np.array_equal(np.sort(pool[again.positions]),
+                                                                                          np.sort(stored))),
+            "smallest": gallery(order[:show]), "largest": gallery(order[::-1][:show]),
+            "requested_truth": data.labels[stored]}
