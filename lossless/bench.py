@@ -31,7 +31,7 @@ import torch
 from . import config as config_mod
 from .augment import Augmenter, barlow_twins_views
 from .methods.barlow import BarlowTwins
-from .models import build_backbone, parse_sizes
+from .models import build_backbone
 from .optim import build_optimizer
 
 
@@ -77,7 +77,7 @@ def _task(model: dict, channels: int, size: int, device, channels_last: bool) ->
                               maxpool=model.get("maxpool", True))
     views = barlow_twins_views(size, blur_sigma=(0.1, model.get("blur_sigma_max", 2.0)))
     aug = Augmenter(views, [0.5] * channels, [0.25] * channels)
-    task = BarlowTwins(backbone, aug, parse_sizes(model.get("projector", "1024-1024-1024"))).to(device)
+    task = BarlowTwins(backbone, aug, config_mod.sizes(model.get("projector", "1024-1024-1024"))).to(device)
     if channels_last:
         task = task.to(memory_format=torch.channels_last)
     return task

@@ -79,8 +79,9 @@ def _percentages_ok(v) -> bool:
 
 
 def sizes(text) -> tuple[int, ...]:
-    """``"1024-1024-1024"`` -> (1024, 1024, 1024); ValueError unless positive integers."""
-    out = tuple(int(t) for t in str(text).split("-"))
+    """``"1024-1024-1024"`` (or a sequence) -> (1024, 1024, 1024); ValueError unless positive integers."""
+    parts = text.split("-") if isinstance(text, str) else list(text) if isinstance(text, (list, tuple)) else str(text).split("-")
+    out = tuple(int(t) for t in parts)
     if any(n < 1 for n in out):
         raise ValueError(text)
     return out

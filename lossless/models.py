@@ -149,13 +149,6 @@ class ClassifierHead(nn.Sequential):
                 nn.init.zeros_(m.bias)
 
 
-def parse_sizes(text: str | Sequence[int]) -> tuple[int, ...]:
-    """``"1024-1024-1024"`` -> (1024, 1024, 1024)."""
-    if isinstance(text, str):
-        return tuple(int(t) for t in text.split("-"))
-    return tuple(int(t) for t in text)
-
-
 def describe(backbone: nn.Module, input_shape: Sequence[int]) -> list[dict]:
     """Output shape, parameters and forward GFLOPs of each stage for one image of ``input_shape``
     (C, H, W): the table behind Figure 1."""
@@ -194,4 +187,4 @@ def count_params(module: nn.Module) -> int:
 
 
 __all__ = ["ResNet", "VGG16", "BasicBlock", "build_backbone", "BarlowTwinsProjector",
-           "ClassifierHead", "describe", "forward_flops", "parse_sizes", "count_params"]
+           "ClassifierHead", "describe", "forward_flops", "count_params"]

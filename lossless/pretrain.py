@@ -20,7 +20,7 @@ from . import config, distributed, runs
 from .augment import Augmenter, barlow_twins_views, channel_stats
 from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
 from .methods.barlow import BarlowTwins
-from .models import build_backbone, parse_sizes
+from .models import build_backbone
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probes import embed, embedding_std, knn_accuracy, linear_probe_accuracy
 
@@ -71,7 +71,7 @@ def build_task(cfg: Mapping[str, Any], split: data_mod.Split) -> tuple[BarlowTwi
                                strength=cfg["jitter_strength"])
     augmenter = Augmenter(views, mean, std)
     torch.manual_seed(cfg["seed"])  # the same configuration starts from the same weights
-    task = BarlowTwins(backbone_for(cfg, data), augmenter, parse_sizes(cfg["projector"]),
+    task = BarlowTwins(backbone_for(cfg, data), augmenter, config.sizes(cfg["projector"]),
                        cfg["barlow_lambda"], cfg["barlow_scale"])
     return task, augmenter, size
 

@@ -65,17 +65,6 @@ def select_balanced(confidence: np.ndarray, prediction: np.ndarray, k: int, num_
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
-def parse_rounds(text) -> list[float]:
-    """``"3,3,3"`` -> [3.0, 3.0, 3.0] (percent of the initial pool per round)."""
-    try:
-        values = config_mod.percentages(text)
-    except ValueError:
-        values = []
-    if not values or any(v <= 0 or v > 100 for v in values):
-        raise LosslessError(f"pl_rounds={text!r}: give percentages in (0, 100] separated by commas, e.g. 3,3,3")
-    return values
-
-
 def pseudo_dir(cfg: Mapping[str, Any], start: str) -> Path:
     keys = {k: cfg.get(k) for k in set(PRETRAIN_KEYS) | set(FINETUNE_KEYS) | set(PSEUDO_KEYS)}
     keys["start"] = start
@@ -107,7 +96,7 @@ def pseudo_label(cfg: Mapping[str, Any], start: dict | None = None, pretrained: 
 
 def _pseudo_rounds(cfg: Mapping[str, Any], start: dict, stage: Path, split: data_mod.Split, device, amp) -> dict:
     data = split.data
-    rounds = parse_rounds(cfg["pl_rounds"])
+    rounds = config_mod.percentages(cfg["pl_rounds"])  # checked by config.validate
     pool = split.unlabelled.copy()
     initial_pool = len(pool)
     pseudo_idx = np.empty(0, dtype=np.int64)
