@@ -76,13 +76,28 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over processes of x; every process's x feeds every y, so dL/dx = sum of dL/dy."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Differentiable sum over processes (identity for one process): the backward pass sums the
     gradients of every process's copy, so the gradient equals that of one big batch."""
     if not info().enabled:
         return t
-    from torch.distributed.nn.functional import all_reduce
-    return all_reduce(t, op=dist.ReduceOp.SUM)
+    return _AllReduceSum.apply(t)
 
 
 def any_true(flag: bool) -> bool:
