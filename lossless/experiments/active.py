@@ -382,7 +382,7 @@ def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: in
         p = head_softmax(head, xs[pool[positions]])
         top = np.argsort(-p, 1)[:, :2]
         return (data.images[pool[positions]],
-                [f"{data.classes[a][:7]}/{data.classes[b][:7]}\n{sc.margin[q]:.3f}" for q, (a, b) in zip(positions, top)])
+                [f"{data.classes[a][:7]}/{data.classes[b][:7]}\n{sc.margin[q]:.2g}" for q, (a, b) in zip(positions, top)])
     return {"margin": sc.margin, "candidates": len(cand), "pool": len(pool),
             "xy": PCA(2, random_state=0).fit_transform(space), "cluster": clusters,
             "requested": np.isin(pool[cand], stored), "matches_stored": bool(np.array_equal(np.sort(pool[again.positions]),
