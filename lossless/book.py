@@ -186,10 +186,29 @@ def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, pro
         except papermill.PapermillExecutionError as exc:
             raise LosslessError(f"chapter {md.relative_to(root)} failed in cell {exc.exec_count} "
                                 f"({exc.ename}: {exc.evalue}); the partly executed notebook is {tmp}") from None
+        strip_stderr(tmp)
         os.replace(tmp, executed)
         stamp.write_text(key)
         records.append({"chapter": md.stem, "status": "ran", "seconds": round(time.perf_counter() - t0, 1)})
     return records
+
+
+def strip_stderr(notebook: Path) -> int:
+    """Remove the kernel's stderr from an executed notebook (the progress bars, one line an epoch,
+    and library warnings): they streamed to the terminal while the chapter ran, the rendered page
+    hides them (``nb_output_stderr: remove``), and a downloaded notebook should not carry
+    thousands of bar lines. Returns how many outputs were removed."""
+    import nbformat
+    nb = nbformat.read(notebook, as_version=4)
+    removed = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        kept = [o for o in cell.outputs if not (o.output_type == "stream" and o.get("name") == "stderr")]
+        removed += len(cell.outputs) - len(kept)
+        cell.outputs = kept
+    nbformat.write(nb, notebook)
+    return removed
 
 
 def stage_site(out_dir: Path, root: Path = ROOT) -> Path:

@@ -52,6 +52,10 @@ def test_smoke_book_builds_and_renders(tmp_path):
         pytest.skip("chromium not installed (make setup installs it)")
     result = book.build_book("smoke", {}, ROOT, progress=False)
     html = Path(result["html"]).parent
+    for executed in (Path(result["folder"]) / "executed").glob("*.ipynb"):  # the downloadable notebooks
+        nb = jupytext.read(executed)
+        streams = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"]
+        assert not [o for o in streams if o.get("name") == "stderr"], f"{executed.name} keeps stderr (progress bars)"
     for md in [ROOT / f"{f}.md" for f in book.toc_files(ROOT)]:
         page = html / "book" / f"{md.stem}.html"
         dom = subprocess.run(
@@ -74,3 +78,19 @@ def test_smoke_book_builds_and_renders(tmp_path):
                     "--window-size=1280,2400", "--virtual-time-budget=3000", f"--screenshot={shot}",
                     (html / "book" / "barlow-twins.html").as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_executed_notebooks_lose_their_stderr_but_keep_their_results(tmp_path):
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("train()")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="epoch 1/3 |###| 12 step/s\r" * 500),
+                    nbformat.v4.new_output("stream", name="stdout", text="done\n"),
+                    nbformat.v4.new_output("execute_result", data={"text/plain": "0.77"}, execution_count=1)]
+    nb.cells = [nbformat.v4.new_markdown_cell("# A chapter"), cell]
+    path = tmp_path / "chapter.ipynb"
+    nbformat.write(nb, path)
+    assert book.strip_stderr(path) == 1
+    kept = nbformat.read(path, as_version=4).cells[1].outputs
+    assert [o.output_type for o in kept] == ["stream", "execute_result"] and kept[0].name == "stdout"
+    assert path.stat().st_size < 2000
