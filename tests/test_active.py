@@ -68,7 +68,10 @@ def test_random_and_kmeans_are_reproducible_by_seed():
     k2, c2 = active.kmeans(features, 7, seed=5)
     assert np.array_equal(k1, k2) and np.array_equal(c1, c2)
     rep = active.select("kmeans", 7, seed=5, features=features, clusters=7, quota=1)
-    dist = np.linalg.norm(features - c1[k1], axis=1)
+    unit = active.normalise(features)                      # select clusters directions (unit rows)
+    assert np.allclose(np.linalg.norm(unit, axis=1), 1, atol=1e-6)
+    k1, c1 = active.kmeans(unit, 7, seed=5)
+    dist = np.linalg.norm(unit - c1[k1], axis=1)
     assert rep.positions.tolist() == sorted(int(np.flatnonzero(k1 == c)[np.argmin(dist[k1 == c])]) for c in range(7))
 
 
