@@ -130,7 +130,8 @@ def difference_rows(result: Mapping[str, Any]) -> list[dict]:
     for name, d in result["paired_differences"].items():
         rows.append({"claim": name, "mean (points)": round(100 * d["mean"], 2),
                      "95% interval": f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
-                     "interval above 0": bool(d["low"] > 0), "seeds": d["n"]})
+                     "interval": "above 0" if d["low"] > 0 else "below 0" if d["high"] < 0 else "includes 0",
+                     "seeds": d["n"]})
     return rows
 
 
