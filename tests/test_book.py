@@ -94,3 +94,41 @@ def test_executed_notebooks_lose_their_stderr_but_keep_their_results(tmp_path):
     kept = nbformat.read(path, as_version=4).cells[1].outputs
     assert [o.output_type for o in kept] == ["stream", "execute_result"] and kept[0].name == "stdout"
     assert path.stat().st_size < 2000
+
+
+# Numbers a chapter may type: section numbers, the paper's own results, settings and arithmetic,
+# and measurements recorded once (labelled as such in the prose). Anything else that looks
+# measured (a decimal or a percentage) must come from the run through `{glue:text}`.
+SECTIONS = {"3.1", "3.2", "3.3", "3.4", "3.5", "3.6"}
+PAPER = {"43.46%", "43.34%", "47.66%", "47.63%", "17.45%", "22.5%", "25%", "19%"}
+SETTINGS = {"0.01", "0.0008", "0.3", "0.9", "0.08", "0.5", "0.1", "0.05", "3.9", "1%", "3%", "8%", "20%", "50%", "95%",
+            "29%", "12.5"}
+RECORDED = {"backbone": {"2.7"}, "barlow-twins": {"67.6", "71.3%", "73.7", "76.1%"},
+            "classifier": {"40%", "59.5%", "73.5%", "72.6%"}}
+MEASURED_LOOKING = re.compile(r"(?<![\w.])(\d+\.\d+%?|\d+%)")
+
+
+def typed_numbers(md):
+    found = []
+    for c in jupytext.read(md).cells:
+        if c.cell_type != "markdown":
+            continue
+        text = re.sub(r"\{glue:text\}`[^`]*`", "", c.source)     # glued: computed by the run
+        text = re.sub(r"`[^`]*`", "", text)                      # code and parameter values
+        text = re.sub(r"\$[^$]*\$", "", text)                    # math
+        found += MEASURED_LOOKING.findall(text)
+    return found
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_measured_numbers_in_prose_are_glued(md):
+    allowed = SECTIONS | PAPER | SETTINGS | RECORDED.get(md.stem, set())
+    typed = [n for n in typed_numbers(md) if n not in allowed]
+    assert not typed, (f"{md.name} types {typed} in its prose: compute them in a cell and insert them with "
+                       f"glue() and {{glue:text}}, or, for a setting or the paper's own figure, add it to the allow-list")
+
+
+def test_the_number_check_catches_a_typed_measurement(tmp_path):
+    md = tmp_path / "chapter.md"
+    md.write_text("# A chapter\n\nAccuracy rose to 77.25% here, {glue:text}`acc` there, `lr=0.3` in code.\n")
+    assert typed_numbers(md) == ["77.25%"]
