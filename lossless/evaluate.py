@@ -91,13 +91,23 @@ def mean_std(values) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
 
 
-def paired_difference(a, b, confidence: float = 0.95) -> dict:
-    """Mean of ``a - b`` over paired runs (same seeds) with a Student-t confidence interval."""
+def mean_interval(values, confidence: float = 0.95) -> dict:
+    """Mean over runs (seeds) with a Student-t confidence interval."""
     from scipy import stats
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    n = len(d)
-    mean = float(d.mean())
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    mean = float(v.mean())
     if n < 2:
         return {"mean": mean, "low": math.nan, "high": math.nan, "n": n}
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * v.std(ddof=1) / math.sqrt(n))
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n, "confidence": confidence}
+
+
+def paired_difference(a, b, confidence: float = 0.95) -> dict:
+    """Mean of ``a - b`` over paired runs (same seeds) with a Student-t confidence interval."""
+    return mean_interval(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), confidence)
+
+
+def side(interval: dict) -> str:
+    """Where an interval lies against zero: ``above``, ``below`` or ``includes`` (zero)."""
+    return "above" if interval["low"] > 0 else "below" if interval["high"] < 0 else "includes"

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .. import active, runs
 from .. import config as config_mod
 from ..errors import ConfigError
-from ..evaluate import Scores, mean_std, paired_difference, score
+from ..evaluate import Scores, mean_interval, paired_difference, score
 from ..features import frozen_features
 from ..finetune import cosine, finetune, std_floor
 from ..models import ClassifierHead
@@ -64,7 +64,12 @@ def standardiser(features: np.ndarray, pool: np.ndarray, seed: int, sample: int 
 def train_head(x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, epochs: int, batch_size: int,
                lr: float, weight_decay: float) -> torch.nn.Module:
     """The two-layer head of section 3.4 trained on fixed (standardised) features: SGD, momentum
-    0.9, cosine-annealed ``lr``, batches in a seeded order; initialisation from ``seed``."""
+    0.9, cosine-annealed ``lr``, batches in a seeded order; initialisation from ``seed``.
+
+    A few hundred steps on in-memory rows, under a second, called hundreds of times per
+    experiment: like the linear probe (scikit-learn), it does not go through the engine, whose
+    run folders, checkpoints and resume are for training that takes minutes (the experiment
+    stores each finished seed instead)."""
     torch.manual_seed(seed)
     x_t, y_t = torch.as_tensor(np.asarray(x, dtype=np.float32)), torch.as_tensor(np.asarray(y, dtype=np.int64))
     head = ClassifierHead(x_t.shape[1], num_classes)
@@ -243,21 +248,13 @@ def labels_axis(result: Mapping[str, Any]) -> list[int]:
     return [r["labels"] for r in result["seeds"][0]["strategies"]["random"]["rounds"]]
 
 
-def interval(values, confidence: float = 0.95) -> dict:
-    """Mean with a Student-t interval over seeds."""
-    from scipy import stats
-    v = np.asarray(values, dtype=np.float64)
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
-    return {"mean": float(v.mean()), "low": float(v.mean()) - half, "high": float(v.mean()) + half, "n": int(len(v))}
-
-
 def curve_rows(result: Mapping[str, Any]) -> list[dict]:
     """Accuracy (%) against labels: mean and 95% interval over seeds, per strategy and round."""
     rows = []
     for strategy in result["strategies"]:
         acc = accuracies(result, strategy)
         for r, n in enumerate(labels_axis(result)):
-            i = interval(acc[:, r])
+            i = mean_interval(acc[:, r])
             rows.append({"strategy": strategy, "round": r, "labels": n, "mean": 100 * i["mean"],
                          "low": 100 * i["low"], "high": 100 * i["high"], "seeds": i["n"]})
     return rows
@@ -293,7 +290,7 @@ def area_rows(result: Mapping[str, Any]) -> list[dict]:
     labels = labels_axis(result)
     rows = []
     for strategy in result["strategies"]:
-        i = interval(area(accuracies(result, strategy), labels))
+        i = mean_interval(area(accuracies(result, strategy), labels))
         rows.append({"strategy": strategy, "mean": 100 * i["mean"], "low": 100 * i["low"], "high": 100 * i["high"]})
     return rows
 

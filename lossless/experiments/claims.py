@@ -23,7 +23,7 @@ from .. import config as config_mod
 from .. import runs
 from ..augment import Augmenter
 from ..engine import resolve_device, resolve_precision
-from ..evaluate import mean_std, paired_difference
+from ..evaluate import mean_std, paired_difference, side
 from ..finetune import finetune, load_backbone
 from ..pretrain import backbone_for, load_data, pretrain
 from ..probes import embed, knn_accuracy, linear_probe_accuracy
@@ -130,7 +130,7 @@ def difference_rows(result: Mapping[str, Any]) -> list[dict]:
     for name, d in result["paired_differences"].items():
         rows.append({"claim": name, "mean (points)": round(100 * d["mean"], 2),
                      "95% interval": f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
-                     "interval": "above 0" if d["low"] > 0 else "below 0" if d["high"] < 0 else "includes 0",
+                     "interval": f"{side(d)} 0",
                      "seeds": d["n"]})
     return rows
 
