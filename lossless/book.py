@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from . import runs
 from .errors import LosslessError, disk_errors
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,21 +63,35 @@ def chapter_parameters(root: Path = ROOT) -> dict[str, dict]:
     """The variables that chapters declare in their ``parameters`` cell, beyond ``profile`` and the
     configuration's own keys: ``{name: {"default": value, "chapters": [...]}}`` (the results
     chapter's ``seeds``, say). Read from the source, so a new chapter parameter needs no registry."""
+    found: dict[str, dict] = {}
+    for md in chapter_notebooks(root):
+        for name, value in declared_defaults(md).items():
+            if name != "profile":
+                found.setdefault(name, {"default": value, "chapters": []})["chapters"].append(md.stem)
+    return found
+
+
+def declared_defaults(md: Path) -> dict[str, Any]:
+    """The values a chapter's ``parameters`` cell assigns (``profile`` included)."""
     import ast
 
     import jupytext
-    found: dict[str, dict] = {}
-    for md in chapter_notebooks(root):
-        cells = [c for c in jupytext.read(md).cells if "parameters" in c.metadata.get("tags", [])]
-        for cell in cells:
+    out = {}
+    for cell in jupytext.read(md).cells:
+        if "parameters" in cell.metadata.get("tags", []):
             for node in ast.parse(cell.source).body:
                 if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                    name = node.targets[0].id
-                    if name == "profile":
-                        continue
-                    entry = found.setdefault(name, {"default": ast.literal_eval(node.value), "chapters": []})
-                    entry["chapters"].append(md.stem)
-    return found
+                    out[node.targets[0].id] = ast.literal_eval(node.value)
+    return out
+
+
+def injected(md: Path, profile: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What papermill injects into a chapter: only the values that differ from the chapter's own
+    ``parameters`` cell. The rendered page then shows an "injected-parameters" cell exactly when
+    the build changed something, and that cell says what; a default build shows the reader the
+    chapter as written, not a second ``profile = "cpu"``."""
+    defaults = declared_defaults(md)
+    return {k: v for k, v in {"profile": profile, **params}.items() if k not in defaults or defaults[k] != v}
 
 
 def check_params(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> dict[str, Any]:
@@ -111,9 +126,13 @@ def book_dir(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> Path
     return runs.runs_root(cfg) / f"book-{Path(str(profile)).stem}-{digest}"
 
 
-def _key(md: Path, profile: str, params: Mapping[str, Any]) -> str:
+def _key(md: Path, profile: str, params: Mapping[str, Any], before: str = "") -> str:
+    """A chapter's cache key: its source, the profile and parameters, and the key of the chapter
+    before it (``before``), so that a chapter reruns whenever an earlier one did: later chapters
+    load the earlier ones' runs, and the performance appendix reports their times."""
     h = hashlib.sha1(md.read_bytes())
     h.update(json.dumps({"profile": profile, **params}, sort_keys=True, default=str).encode())
+    h.update(before.encode())
     return h.hexdigest()
 
 
@@ -145,15 +164,17 @@ def run_chapters(profile: str, params: Mapping[str, Any] | None = None, root: Pa
     params = dict(params or {})
     out_dir = out_dir or book_dir(profile, params, root)
     # the chapters' stages put their run folders beside the book's folder, wherever the command ran
-    saved = os.environ.get("LOSSLESS_RUNS")
-    os.environ["LOSSLESS_RUNS"] = str(out_dir.parent)
+    # (and a chapter that reports on the build itself, the performance appendix, finds it)
+    saved = {k: os.environ.get(k) for k in ("LOSSLESS_RUNS", "LOSSLESS_BOOK")}
+    os.environ.update(LOSSLESS_RUNS=str(out_dir.parent), LOSSLESS_BOOK=str(out_dir))
     try:
         return _run_each(profile, params, root, out_dir, progress)
     finally:
-        if saved is None:
-            os.environ.pop("LOSSLESS_RUNS", None)
-        else:
-            os.environ["LOSSLESS_RUNS"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _run_each(profile: str, params: dict, root: Path, out_dir: Path, progress: bool) -> list[dict]:
@@ -163,12 +184,12 @@ def _run_each(profile: str, params: dict, root: Path, out_dir: Path, progress: b
 
 def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, progress: bool) -> list[dict]:
     import papermill
-    records = []
+    records, key = [], ""
     for md in chapter_notebooks(root):
         src = write_notebook(md, out_dir / "src" / f"{md.stem}.ipynb")
         executed = out_dir / "executed" / f"{md.stem}.ipynb"
         stamp = executed.with_suffix(".key")
-        key = _key(md, profile, params)
+        key = _key(md, profile, params, key)
         if executed.is_file() and stamp.is_file() and stamp.read_text() == key:
             records.append({"chapter": md.stem, "status": "skipped (unchanged)"})
             continue
@@ -180,7 +201,7 @@ def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, pro
             # with progress on, the kernel's stderr (the engine's progress bars, one line per
             # epoch) streams to this terminal as it is written, so a chapter that trains for
             # minutes shows how far it is; papermill's own cell bar would share the line, so it is off
-            papermill.execute_notebook(str(src), str(tmp), parameters={"profile": profile, **params},
+            papermill.execute_notebook(str(src), str(tmp), parameters=injected(md, profile, params),
                                        kernel_name="python3", cwd=str(root), progress_bar=False,
                                        log_output=False, stderr_file=sys.stderr if progress else None)
         except papermill.PapermillExecutionError as exc:
@@ -189,8 +210,45 @@ def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, pro
         strip_stderr(tmp)
         os.replace(tmp, executed)
         stamp.write_text(key)
-        records.append({"chapter": md.stem, "status": "ran", "seconds": round(time.perf_counter() - t0, 1)})
+        seconds = round(time.perf_counter() - t0, 1)
+        runs.write_json(executed.with_suffix(".time.json"), {"chapter": md.stem, "seconds": seconds, **machine()})
+        records.append({"chapter": md.stem, "status": "ran", "seconds": seconds})
     return records
+
+
+def machine() -> dict:
+    """Where and when a chapter ran: the processor's model name, cores, torch, the date."""
+    import datetime
+    import platform
+
+    import torch
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return {"processor": model + (" (AMX)" if " amx_bf16" in flags else ""), "cores": os.cpu_count(),
+            "torch": torch.__version__, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+
+
+def chapter_times(folder: Path | str | None = None, root: Path = ROOT) -> list[dict]:
+    """The wall time of each chapter of a book build, in reading order, from the ``.time.json``
+    records ``lossless book`` writes as each chapter finishes (a chapter skipped because it was
+    unchanged keeps the time of the run that made it). ``folder`` defaults to the book being
+    built (``$LOSSLESS_BOOK``, set while its chapters run); none: an empty list."""
+    folder = folder or os.environ.get("LOSSLESS_BOOK")
+    if not folder:
+        return []
+    rows = []
+    for md in chapter_notebooks(root):
+        f = Path(folder) / "executed" / f"{md.stem}.time.json"
+        if f.is_file():
+            rows.append(json.loads(f.read_text()))
+    return rows
 
 
 def strip_stderr(notebook: Path) -> int:
@@ -228,6 +286,8 @@ def stage_site(out_dir: Path, root: Path = ROOT) -> Path:
             shutil.copy(executed, site / f"{f}.ipynb")
         elif md.is_file():
             shutil.copy(md, site / f"{f}.md")
+    if (root / "book" / "_static").is_dir():  # the book's stylesheet (Jupyter Book loads _static/*.css)
+        shutil.copytree(root / "book" / "_static", site / "_static")
     _ship_mathjax(site, root)
     return site
 
@@ -237,8 +297,8 @@ MATHJAX = Path(".cache") / "npm" / "node_modules" / "mathjax" / "es5"
 
 def _ship_mathjax(site: Path, root: Path) -> None:
     """Math renders offline: MathJax 3 (npm package ``mathjax@3``, installed by ``make setup``)
-    goes to the output's ``_static/mathjax/`` through ``html_extra_path``; the source tree has no
-    ``_static/`` folder, so Jupyter Book does not load the script a second time."""
+    goes to the output's ``_static/mathjax/`` through ``html_extra_path``; the site's
+    ``_static/`` holds only the stylesheet, so Jupyter Book does not load the script a second time."""
     src = root / MATHJAX
     if not (src / "tex-mml-chtml.js").is_file():
         raise LosslessError(f"{src / 'tex-mml-chtml.js'} is missing: run `make setup` (it installs the npm "

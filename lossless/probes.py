@@ -67,3 +67,15 @@ def embedding_std(z: torch.Tensor) -> float:
     """sqrt(D) x mean per-dimension std of L2-normalised embeddings: ~1 healthy, -> 0 collapsed."""
     z = F.normalize(z.float(), dim=1)
     return float(z.std(0).mean() * z.shape[1] ** 0.5)
+
+
+def pixel_probes(split, k: int) -> dict:
+    """The two probes on raw pixels (scaled to [0, 1]) of a split's labelled and test images: the
+    baseline that pretrained features must beat. ``{"knn_test", "linear_probe_test"}``."""
+    def pixels(name):
+        return torch.from_numpy(split.images(name).reshape(len(split.indices(name)), -1) / 255.0).float()
+    yl, yt = split.labels("labelled"), split.labels("test")
+    bank, test = pixels("labelled"), pixels("test")
+    return {"knn_test": knn_accuracy(bank, torch.from_numpy(yl), test, torch.from_numpy(yt), k=k,
+                                     num_classes=split.data.num_classes),
+            "linear_probe_test": linear_probe_accuracy(bank, yl, test, yt)}

@@ -199,7 +199,7 @@ def selection_curve(scores, true: np.ndarray, percents, num_classes: int) -> lis
         g = select_global(scores.confidence, k)
         b = select_balanced(scores.confidence, scores.prediction, k, num_classes)
         share = np.bincount(scores.prediction[g], minlength=num_classes) / max(len(g), 1)
-        rows.append({"percent": p, "selected": len(g),
+        rows.append({"% of pool": p, "selected": len(g),
                      "global precision": float(np.mean(scores.prediction[g] == true[g])),
                      "balanced precision": float(np.mean(scores.prediction[b] == true[b])),
                      "classes in global": int((share > 0).sum()),
@@ -220,9 +220,20 @@ def cap_effect(scores, true: np.ndarray, percents, batch: int = 512, cap: int = 
         for p in percents:
             k = int(round(p / 100 * len(true)))
             exact, capped = order[select_global(conf, k)], order[select_capped(conf, k, batch, cap)]
-            rows.append({"pool order": name, "percent": p, "k": k,
+            rows.append({"pool order": name, "% of pool": p, "k": k,
                          "capped selects": len(capped),
                          "shared with exact top-k": len(np.intersect1d(exact, capped)) / max(k, 1),
                          "precision exact": float(np.mean(scores.prediction[exact] == true[exact])),
                          "precision capped": float(np.mean(scores.prediction[capped] == true[capped]))})
     return rows
+
+
+def round_rows(results: dict[str, dict]) -> list[dict]:
+    """One row per (rule, round) of ``pseudo_label`` results: picks, their precision against the
+    hidden labels, how many classes they came from, the lowest confidence taken and the accuracy
+    after the round (fractions; round 0 is the fine-tuned start and picks nothing)."""
+    return [{"rule": rule, "round": r["round"], "picked": r.get("selected"), "correct": r.get("precision"),
+             "classes picked": None if "per_class" not in r else int(np.count_nonzero(r["per_class"])),
+             "lowest confidence": r.get("min_confidence"), "val accuracy": r["val_accuracy"],
+             "test accuracy": r["test_accuracy"]}
+            for rule, res in results.items() for r in res["rounds"]]

@@ -5,17 +5,32 @@ import json
 from pathlib import Path
 
 
+def bench_rows(result: dict) -> list[dict]:
+    """One row per record of a ``lossless bench train`` result (for ``tables.show``)."""
+    rows = []
+    for r in result["records"]:
+        rows.append({"model": r["model"], "px": r["resolution"], "precision": r["precision"],
+                     "pipeline": "authors' (PIL, workers)" if r["pipeline"].startswith("authors")
+                     else "lossless (batched)",
+                     "img/s": r["img_per_s"], "GFLOP/img": r["gflop_per_img"], "MFU (bf16 ceiling)": r["mfu"],
+                     "vs authors": f"{r['speedup_vs_authors']:.1f}x" if r.get("speedup_vs_authors") else None})
+    return rows
+
+
+def bench_header(result: dict) -> str:
+    """Where and when a benchmark ran, and the ceilings its MFU is measured against."""
+    return (f"Measured {result['time']} on `{result['device']}` ({result['threads']} threads, torch "
+            f"{result['torch']}); matmul ceiling bf16 {result['ceiling_bf16_flops'] / 1e9:,.0f} GFLOP/s, "
+            f"fp32 {result['ceiling_fp32_flops'] / 1e9:,.0f} GFLOP/s.")
+
+
 def bench_table(path: str | Path) -> str:
-    """A Markdown table of a ``lossless bench train`` JSON file."""
+    """A Markdown table of a ``lossless bench train`` JSON file (for the terminal and READMEs)."""
     result = json.loads(Path(path).read_text())
-    lines = [f"Measured {result['time']} on `{result['device']}` ({result['threads']} threads, torch "
-             f"{result['torch']}); matmul ceiling bf16 {result['ceiling_bf16_flops'] / 1e9:,.0f} GFLOP/s, "
-             f"fp32 {result['ceiling_fp32_flops'] / 1e9:,.0f} GFLOP/s.", "",
+    lines = [bench_header(result), "",
              "| model | px | precision | pipeline | img/s | GFLOP/img | MFU (bf16 ceiling) | vs authors |",
              "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]
-    for r in result["records"]:
-        speed = f"{r['speedup_vs_authors']:.1f}x" if r.get("speedup_vs_authors") else ""
-        pipe = "authors' (PIL, workers)" if r["pipeline"].startswith("authors") else "lossless (batched)"
-        lines.append(f"| {r['model']} | {r['resolution']} | {r['precision']} | {pipe} | {r['img_per_s']:,.1f} | "
-                     f"{r['gflop_per_img']:.3f} | {r['mfu']:.1%} | {speed} |")
+    for r in bench_rows(result):
+        lines.append(f"| {r['model']} | {r['px']} | {r['precision']} | {r['pipeline']} | {r['img/s']:,.1f} | "
+                     f"{r['GFLOP/img']:.3f} | {r['MFU (bf16 ceiling)']:.1%} | {r['vs authors'] or ''} |")
     return "\n".join(lines)

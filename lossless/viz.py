@@ -77,21 +77,33 @@ def correlation_heatmaps(matrices: dict[str, np.ndarray], size: int = 64):
         ax.set_title(name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="correlation between two features")
     return fig
 
 
-def training_curves(rows: list[dict], metrics: Sequence[str] = ("knn_val", "linear_probe_val"), x: str = "minutes"):
-    """Loss and monitor accuracies against training minutes (or epochs)."""
+# What the stored metric names mean, for axis labels and legends.
+NAMES = {"loss": "training loss", "acc": "training accuracy", "val_loss": "validation loss",
+         "val_acc": "validation accuracy", "knn_val": "k-NN probe (validation)",
+         "linear_probe_val": "linear probe (validation)", "embedding_std": "embedding std",
+         "epoch": "epoch", "minutes": "minutes"}
+
+
+def name(metric: str) -> str:
+    """A stored metric's human-readable name (the name itself when it has none)."""
+    return NAMES.get(metric, metric.replace("_", " "))
+
+
+def training_curves(rows: list[dict], metrics: Sequence[str] = ("knn_val", "linear_probe_val"), x: str = "epoch"):
+    """Loss and the monitors' accuracy (%) against epochs (or ``x="minutes"``, which depends on the machine)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3))
     xs = [r[x] for r in rows]
     a.plot(xs, [r["loss"] for r in rows], marker="o")
-    a.set_xlabel(x)
+    a.set_xlabel(name(x))
     a.set_ylabel("Barlow Twins loss")
     for m in metrics:
-        b.plot(xs, [r[m] for r in rows], marker="o", label=m)
-    b.set_xlabel(x)
-    b.set_ylabel("accuracy")
+        b.plot(xs, [100 * r[m] for r in rows], marker="o", label=name(m))
+    b.set_xlabel(name(x))
+    b.set_ylabel("accuracy %")
     b.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -126,13 +138,14 @@ def confusion(matrix, classes: Sequence[str], normalise: bool = True):
 
 
 def epoch_curves(runs: dict[str, list[dict]], metrics: Sequence[str] = ("val_loss", "val_acc")):
-    """Per-epoch metrics of several runs (one panel per metric)."""
+    """Per-epoch metrics of several runs (one panel per metric; accuracies in %)."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        for name, rows in runs.items():
-            ax.plot([r["epoch"] for r in rows], [r[m] for r in rows], label=name)
+        scale = 100 if m.endswith("acc") else 1
+        for label, rows in runs.items():
+            ax.plot([r["epoch"] for r in rows], [scale * r[m] for r in rows], label=label)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(m)
+        ax.set_ylabel(name(m) + (" %" if scale == 100 else ""))
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -203,7 +216,7 @@ def reliability(calibrations: dict[str, dict]):
 def precision_curve(rows: list[dict]):
     """Precision of each selection rule against the share of the pool taken."""
     fig, ax = plt.subplots(figsize=(6, 3))
-    xs = [r["percent"] for r in rows]
+    xs = [r["% of pool"] for r in rows]
     ax.plot(xs, [100 * r["global precision"] for r in rows], marker="o", label="global top p%")
     ax.plot(xs, [100 * r["balanced precision"] for r in rows], marker="o", label="class-balanced")
     ax.set_xlabel("% of the unlabelled pool selected")
@@ -214,27 +227,31 @@ def precision_curve(rows: list[dict]):
 
 
 def seeds_and_budget(result: dict, labels: dict[str, str]):
-    """Left: test accuracy of every method, one dot per seed. Right: accuracy against labels per
-    class for a random and a pretrained start (mean and spread over seeds)."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
-    methods = list(result["summary"])
+    """Left: test accuracy of every method, one dot per seed (methods down the side, so their
+    names stay readable). Right: accuracy against labels per class for a random and a
+    pretrained start (mean and sample sd over seeds). Each panel's title counts its seeds."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.1, 1]})
+    methods = list(result["summary"])[::-1]
     for i, m in enumerate(methods):
         vals = [100 * r[m] for r in result["seeds"]]
-        a.scatter(np.full(len(vals), i) + np.linspace(-0.12, 0.12, len(vals)), vals, s=14)
-        a.hlines(np.mean(vals), i - 0.25, i + 0.25, color="black", lw=1)
-    a.set_xticks(range(len(methods)), [labels.get(m, m) for m in methods], rotation=25, ha="right", fontsize=7)
-    a.set_ylabel("test accuracy %")
+        a.scatter(vals, np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), s=14)
+        a.vlines(np.mean(vals), i - 0.3, i + 0.3, color="black", lw=1.2)
+    a.set_yticks(range(len(methods)), [labels.get(m, m) for m in methods], fontsize=9)
+    a.set_xlabel("test accuracy %")
+    a.set_title(f"{len(result['seeds'])} seeds (a dot each; the bar is the mean)", fontsize=9)
     curve = result.get("label_budget") or []
     budgets = sorted({r["labels_per_class"] for r in curve})
     for m in ("supervised", "barlow_finetune"):
-        means = [100 * np.mean([r[m] for r in curve if r["labels_per_class"] == k]) for k in budgets]
-        stds = [100 * np.std([r[m] for r in curve if r["labels_per_class"] == k]) for k in budgets]
-        b.errorbar(budgets, means, yerr=stds, marker="o", capsize=3, label=labels.get(m, m))
+        vals = [[100 * r[m] for r in curve if r["labels_per_class"] == k] for k in budgets]
+        b.errorbar(budgets, [np.mean(v) for v in vals], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
+                   marker="o", capsize=3, label=labels.get(m, m))
     b.set_xscale("log")
     b.set_xticks(budgets, [str(k) for k in budgets])
     b.set_xlabel("labels per class")
     b.set_ylabel("test accuracy %")
-    b.legend(fontsize=7)
+    n = len([r for r in curve if budgets and r["labels_per_class"] == budgets[0]])
+    b.set_title(f"mean ± sd over {n} seeds", fontsize=9)
+    b.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -283,6 +300,7 @@ def learning_curves(rows: list[dict]):
         ax.fill_between(x, [r["low"] for r in rs], [r["high"] for r in rs], color=line.get_color(), alpha=0.12)
     ax.set_xlabel("labelled images")
     ax.set_ylabel("test accuracy %")
+    ax.set_title(f"mean and 95% interval over {max(r['seeds'] for r in rows)} seeds", fontsize=9)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig
@@ -306,6 +324,7 @@ def differences(rows: list[dict]):
         ax.set_xticklabels(strategies, rotation=45, ha="right", fontsize=8)
         ax.set_title(at, fontsize=9)
     axes[0, 0].set_ylabel("minus random (points)")
+    fig.suptitle(f"{max(r['seeds'] for r in rows)} seeds: a dot each; the mean with its 95% interval", fontsize=9)
     fig.tight_layout()
     return fig
 

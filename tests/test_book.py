@@ -101,7 +101,7 @@ def test_executed_notebooks_lose_their_stderr_but_keep_their_results(tmp_path):
 # measured (a decimal or a percentage) must come from the run through `{glue:text}`.
 SECTIONS = {"3.1", "3.2", "3.3", "3.4", "3.5", "3.6"}
 PAPER = {"43.46%", "43.34%", "47.66%", "47.63%", "17.45%", "22.5%", "25%", "19%"}
-SETTINGS = {"0.01", "0.0008", "0.3", "0.9", "0.08", "0.5", "0.1", "0.05", "3.9", "1%", "3%", "8%", "20%", "50%", "95%",
+SETTINGS = {"0.01", "0.0008", "0.2", "0.002", "0.8", "0.6", "0.3", "0.9", "0.08", "0.5", "0.1", "0.05", "3.9", "1%", "3%", "8%", "20%", "50%", "95%",
             "29%", "12.5"}
 RECORDED = {"backbone": {"2.7"}, "barlow-twins": {"67.6", "71.3%", "73.7", "76.1%"},
             "classifier": {"40%", "59.5%", "73.5%", "72.6%"}}
@@ -132,3 +132,48 @@ def test_the_number_check_catches_a_typed_measurement(tmp_path):
     md = tmp_path / "chapter.md"
     md.write_text("# A chapter\n\nAccuracy rose to 77.25% here, {glue:text}`acc` there, `lr=0.3` in code.\n")
     assert typed_numbers(md) == ["77.25%"]
+
+
+def test_papermill_injects_only_what_differs_from_the_chapter():
+    results = ROOT / "book" / "results.md"
+    assert book.declared_defaults(results) == {"profile": "cpu", "seeds": 5}
+    assert book.injected(results, "cpu", {}) == {}                       # a default build: no injected cell
+    assert book.injected(results, "cpu", {"seeds": 5}) == {}
+    assert book.injected(results, "smoke", {"seeds": 10, "seed": 3}) == {"profile": "smoke", "seeds": 10, "seed": 3}
+
+
+def test_a_chapter_reruns_when_an_earlier_one_changed(tmp_path):
+    a, b = tmp_path / "a.md", tmp_path / "b.md"
+    a.write_text("# A\n")
+    b.write_text("# B\n")
+    before = book._key(b, "cpu", {}, book._key(a, "cpu", {}))
+    a.write_text("# A, edited\n")
+    assert book._key(b, "cpu", {}, book._key(a, "cpu", {})) != before
+    assert book._key(b, "cpu", {}, "x") == book._key(b, "cpu", {}, "x")
+
+
+def test_chapter_times_are_read_in_reading_order(tmp_path, monkeypatch):
+    from lossless import runs
+    (tmp_path / "executed").mkdir()
+    for stem, sec in (("results", 60.0), ("data", 6.0)):
+        runs.write_json(tmp_path / "executed" / f"{stem}.time.json", {"chapter": stem, "seconds": sec,
+                                                                       **book.machine()})
+    times = book.chapter_times(tmp_path)
+    assert [t["chapter"] for t in times] == ["data", "results"] and times[1]["seconds"] == 60.0
+    assert times[0]["processor"] and times[0]["cores"] >= 1
+    monkeypatch.delenv("LOSSLESS_BOOK", raising=False)
+    assert book.chapter_times() == []
+    monkeypatch.setenv("LOSSLESS_BOOK", str(tmp_path))
+    assert len(book.chapter_times()) == 2
+
+
+@pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)
+def test_code_lines_fit_the_column(md):
+    """A code line of a chapter fits the rendered column: about 92 characters fit at 1280 px with
+    the book's stylesheet (a longer line wraps there, and runs past the column in JupyterLab)."""
+    long = [line for c in jupytext.read(md).cells if c.cell_type == "code" for line in c.source.splitlines()
+            if len(line) > LINE]
+    assert not long, f"{md.name}: {len(long)} code lines over {LINE} characters, e.g. {long[0]!r}"
+
+
+LINE = 90

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from .. import active, runs
 from .. import config as config_mod
 from ..errors import ConfigError
-from ..evaluate import Scores, mean_interval, paired_difference, score
+from ..evaluate import Scores, mean_interval, paired_difference, score, side
+from ..tables import interval, significance
 from ..features import frozen_features
 from ..finetune import cosine, finetune, std_floor
 from ..models import ClassifierHead
@@ -305,7 +306,7 @@ def balance_rows(result: Mapping[str, Any], classes: Sequence[str]) -> list[dict
         share = counts / counts.sum()
         entropy = float(-(share[share > 0] * np.log(share[share > 0])).sum() / np.log(len(share)))
         rows.append({"strategy": strategy, **{c: float(v) for c, v in zip(classes, counts)},
-                     "smallest share %": 100 * float(share.min()), "largest share %": 100 * float(share.max()),
+                     "smallest share": float(share.min()), "largest share": float(share.max()),
                      "evenness": entropy})
     return rows
 
@@ -317,8 +318,67 @@ def already_right_rows(result: Mapping[str, Any]) -> list[dict]:
         per_round = np.array([[r["already_right"] for r in s["strategies"][strategy]["rounds"][1:]]
                               for s in result["seeds"]], dtype=np.float64)
         rows.append({"strategy": strategy, **{f"round {r + 1}": float(v) for r, v in enumerate(per_round.mean(0))},
-                     "share %": 100 * float(per_round.mean() / result["budget"])})
+                     "share": float(per_round.mean() / result["budget"])})
     return rows
+
+
+def settings_rows(cfg: Mapping[str, Any], result: Mapping[str, Any], n_classes: int) -> list[dict]:
+    """The experiment's settings as one table row (what a reader needs to read the curves)."""
+    clusters = cfg["al_clusters"] or n_classes
+    candidates = cfg["al_candidates"]
+    return [{"seeds": len(result["seeds"]), "labels at the start": labels_axis(result)[0],
+             "requests per round": cfg["al_budget"], "rounds": cfg["al_rounds"],
+             "candidates kept": f"{100 * candidates:.1f}% of the pool" if candidates <= 1 else int(candidates),
+             "clusters": clusters, "per cluster": cfg["al_per_cluster"] or -(-cfg["al_budget"] // clusters),
+             "head epochs / rate": f"{cfg['al_head_epochs']} / {cfg['al_head_lr']}"}]
+
+
+def curve_table(curve: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> list[dict]:
+    """``curve_rows`` as a table: one row per strategy, its mean test accuracy (a fraction) at
+    each number of labels."""
+    return [{"strategy": s, **{f"{r['labels']:,} labels": r["mean"] / 100 for r in curve if r["strategy"] == s}}
+            for s in strategies]
+
+
+def difference_table(diffs: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """``difference_rows`` as a table: points, the interval and its verdict, seeds either side."""
+    return [{"strategy": r["strategy"], "at": r["at"], "minus random (points)": r["mean"],
+             "95% interval": interval(r, scale=1.0),
+             "verdict": significance(r, gain="gain", loss="loss"),
+             "seeds above": r["above random"], "seeds below": r["below random"], "seeds": r["seeds"]}
+            for r in diffs]
+
+
+def verdict(row: Mapping[str, float]) -> str:
+    """A difference from random in words: where its 95% interval lies against zero."""
+    return {"above": "better than random", "below": "worse than random",
+            "includes": "not distinguishable from random"}[side(row)]
+
+
+def verdict_values(diffs: Sequence[Mapping[str, Any]], rounds: int) -> dict[str, str]:
+    """The words and numbers the chapter's prose quotes about ``difference_rows``, keyed by glue
+    name: for every strategy (``not run`` where it was left out) the last round's and the area's
+    mean difference, interval and verdict, and which strategy has the best area."""
+    values: dict[str, str] = {}
+    for name in STRATEGIES:
+        key = name.replace("-", "_")
+        values.update({f"al_final_{key}{end}": "not run" for end in ("", "_ci", "_above", "_verdict")})
+        values.update({f"al_auc_{key}{end}": "not run" for end in ("", "_ci", "_verdict")})
+    for r in diffs:
+        key = r["strategy"].replace("-", "_")
+        for at, prefix in ((f"round {rounds}", "al_final"), ("area under the curve", "al_auc")):
+            if r["at"] == at:
+                values.update({f"{prefix}_{key}": f"{r['mean']:+.2f}",
+                               f"{prefix}_{key}_ci": interval(r, scale=1.0),
+                               f"{prefix}_{key}_verdict": verdict(r)})
+                if prefix == "al_final":
+                    values[f"al_final_{key}_above"] = f"{r['above random']} of {r['seeds']}"
+    areas = [r for r in diffs if r["at"] == "area under the curve"]
+    if areas:
+        best = max(areas, key=lambda r: r["mean"])
+        values.update(al_best_auc=best["strategy"], al_best_auc_verdict=verdict(best))
+    values["al_ci_width"] = f"{np.median([r['high'] - r['low'] for r in diffs]):.2f}" if diffs else "not run"
+    return values
 
 
 def intersection_agreement(result: Mapping[str, Any]) -> list[int]:

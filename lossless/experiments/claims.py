@@ -23,11 +23,12 @@ from .. import config as config_mod
 from .. import runs
 from ..augment import Augmenter
 from ..engine import resolve_device, resolve_precision
-from ..evaluate import mean_std, paired_difference, side
+from ..evaluate import mean_std, paired_difference
 from ..finetune import finetune, load_backbone
 from ..pretrain import backbone_for, load_data, pretrain
 from ..probes import embed, knn_accuracy, linear_probe_accuracy
 from ..pseudo import pseudo_label
+from ..tables import interval, pm, significance
 
 METHODS = ("supervised", "knn_probe", "linear_probe", "barlow_finetune", "pseudo_global", "pseudo_balanced")
 
@@ -107,42 +108,52 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
     return result
 
 
-# The paper's figures (800 classes, 32 labels per class, ResNet-34 pretrained for 1,000 epochs).
-PAPER = {"barlow_finetune": "43.46 val / 43.34 test", "pseudo_global": "47.66 val / 47.63 test"}
+# The paper's figures (800 classes of NYU DL 2021, 32 labels per class, ResNet-34 pretrained for 1,000 epochs).
+PAPER = {"barlow_finetune": "43.46% val / 43.34% test", "pseudo_global": "47.66% val / 47.63% test"}
+PAPER_COLUMN = "paper (800 classes, another dataset)"
 LABELS = {"supervised": "supervised only (random init)", "knn_probe": "k-NN probe (frozen features)",
           "linear_probe": "linear probe (frozen features)", "barlow_finetune": "Barlow Twins + fine-tune",
           "pseudo_global": "+ pseudo-labels, global top p%", "pseudo_balanced": "+ pseudo-labels, class-balanced"}
+CLAIMS = {"pretraining_helps (barlow_finetune - supervised)": "pretraining: Barlow Twins + fine-tune minus supervised only",
+          "pseudo_labels_help (pseudo_global - barlow_finetune)": "pseudo-labels, global rule, minus fine-tuned start",
+          "pseudo_labels_help (pseudo_balanced - barlow_finetune)": "pseudo-labels, class-balanced rule, minus fine-tuned start"}
 
 
 def summary_rows(result: Mapping[str, Any]) -> list[dict]:
-    """One row per method: test accuracy (%) mean and std over seeds, beside the paper's number."""
+    """One row per method: test accuracy mean ± sd over seeds, beside the paper's number."""
     rows = []
     for m in METHODS:
         s = result["summary"][m]
-        rows.append({"method": LABELS[m], "test accuracy %": f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}",
-                     "seeds": s["n"], "paper (800 classes)": PAPER.get(m, "")})
+        rows.append({"method": LABELS[m], "test accuracy": pm(s), "seeds": s["n"], PAPER_COLUMN: PAPER.get(m)})
     return rows
 
 
 def difference_rows(result: Mapping[str, Any]) -> list[dict]:
-    """The paired differences (percentage points) with their 95% intervals."""
+    """The paired differences (percentage points) with their 95% intervals and what they say."""
     rows = []
     for name, d in result["paired_differences"].items():
-        rows.append({"claim": name, "mean (points)": round(100 * d["mean"], 2),
-                     "95% interval": f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
-                     "interval": f"{side(d)} 0",
-                     "seeds": d["n"]})
+        rows.append({"claim": CLAIMS.get(name, name), "mean difference (points)": 100 * d["mean"],
+                     "95% interval (points)": interval(d), "verdict": significance(d), "seeds": d["n"]})
     return rows
 
 
 def budget_rows(result: Mapping[str, Any]) -> list[dict]:
-    """Mean test accuracy (%) per labels-per-class budget for both starts."""
+    """Test accuracy (mean ± sd over seeds) per labels-per-class budget for both starts."""
     out = []
     for k in sorted({r["labels_per_class"] for r in result["label_budget"]}):
         rs = [r for r in result["label_budget"] if r["labels_per_class"] == k]
         row = {"labels per class": k, "seeds": len(rs)}
         for m in ("supervised", "barlow_finetune"):
-            s = mean_std([r[m] for r in rs])
-            row[LABELS[m] + " %"] = f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+            row[LABELS[m]] = pm(mean_std([r[m] for r in rs]))
         out.append(row)
+    return out
+
+
+def budget_means(result: Mapping[str, Any]) -> list[dict]:
+    """Per labels-per-class budget: the mean test accuracy of both starts and the seed count."""
+    out = []
+    for k in sorted({r["labels_per_class"] for r in result["label_budget"]}):
+        rs = [r for r in result["label_budget"] if r["labels_per_class"] == k]
+        out.append({"labels_per_class": k, "seeds": len(rs),
+                    **{m: mean_std([r[m] for r in rs])["mean"] for m in ("supervised", "barlow_finetune")}})
     return out

@@ -82,3 +82,14 @@ class BarlowTwins(nn.Module):
         return {"loss": self.scale * loss, "invariance": on.detach(), "redundancy": off.detach(),
                 "c_diag_mean": diag.mean().detach(),
                 "c_offdiag_rms": torch.sqrt(off.detach() / (c.numel() - c.shape[0]))}
+
+
+def correlation_mass(c) -> dict:
+    """Where a cross-correlation matrix's mass sits: the mean of its diagonal (1 when the two
+    views agree on every feature) and the root mean square of its off-diagonal entries (0 when
+    the features are decorrelated)."""
+    import numpy as np
+    c = np.asarray(c, dtype=np.float64)
+    off = c - np.diag(np.diag(c))
+    return {"mean diagonal": float(np.diag(c).mean()),
+            "rms off-diagonal": float(np.sqrt((off ** 2).sum() / (off.size - len(c))))}

@@ -1,0 +1,133 @@
+"""Tables as the book shows them: one formatter for every chapter.
+
+``show(rows, ...)`` turns a list of dicts (or a DataFrame) into a pandas ``Styler`` with the
+book's conventions: no index column, percentages as percentages (``percent=`` columns hold
+fractions), signed percentage points (``points=``), integers without decimals (also a float
+column whose values are all whole), an en dash for a missing value, the paper's own numbers
+in grey italics behind a rule (``paper=``: they come from 800 classes of another dataset), and
+a significance column (``significance=``) whose significant gains and losses are coloured alike
+(green and red, bold). ``pm`` writes "mean ± sd"; a table that uses it says in its caption what
+± is (the sample standard deviation over seeds, ``SD_NOTE``).
+
+Chapters build their rows with the ``*_rows`` functions of ``lossless.experiments`` and pass
+them here; the formatting lives in one place so that every table reads the same.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+DASH = "\u2013"  # en dash: a value that does not exist (not run, not defined)
+SD_NOTE = "± is the sample standard deviation over seeds (n - 1 in the denominator)."
+
+
+def missing(v: Any) -> bool:
+    if v is None or v is pd.NA:
+        return True
+    return isinstance(v, float) and math.isnan(v)
+
+
+def pm(stats: Mapping[str, float], percent: bool = True, digits: int = 2) -> str:
+    """``{"mean", "std"}`` as "81.23% ± 0.45" (percent: fractions shown as %, sd in points)."""
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    return f"{scale * stats['mean']:.{digits}f}{unit} ± {scale * stats['std']:.{digits}f}"
+
+
+def significance(interval: Mapping[str, float], gain: str = "gain", loss: str = "loss") -> str:
+    """What a 95% interval of a difference says, in words that a table can colour."""
+    if interval["low"] > 0:
+        return f"significant {gain}"
+    if interval["high"] < 0:
+        return f"significant {loss}"
+    return "not significant"
+
+
+def interval(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> str:
+    """"[-1.96, -0.26]": a difference's interval in points (``scale`` 100 for fractions)."""
+    if missing(d.get("low")) or missing(d.get("high")):
+        return DASH
+    return f"[{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]"
+
+
+def difference(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> str:
+    """A paired difference as prose: "+1.22 points, 95% interval [+1.00, +1.43], above zero"."""
+    where = "above" if d["low"] > 0 else "below" if d["high"] < 0 else "includes"
+    return (f"{scale * d['mean']:+.{digits}f} points, 95% interval {interval(d, scale, digits)}, "
+            f"{where} zero")
+
+
+def _whole(values: Iterable[Any]) -> bool:
+    vals = [v for v in values if not missing(v)]
+    return bool(vals) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                              and float(v).is_integer() for v in vals)
+
+
+def _formatter(kind: str, digits: int):
+    def fmt(v: Any) -> str:
+        if missing(v):
+            return DASH
+        if isinstance(v, str) or isinstance(v, bool):
+            return str(v)
+        if kind == "percent":
+            return f"{100 * v:.{digits}f}%"
+        if kind == "points":
+            return f"{v:+.{digits}f}"
+        if kind == "int":
+            return f"{int(round(v)):,}"
+        if isinstance(v, float):  # a small rate keeps its significant digits: 0.0008, not 0.00
+            return f"{v:.{digits}g}" if 0 < abs(v) < 0.1 else f"{v:,.{digits}f}"
+        return str(v)
+    return fmt
+
+
+def _colour(v: Any) -> str:
+    text = str(v)
+    if text.startswith("significant") and ("loss" in text or "worse" in text or "lower" in text):
+        return "color: #b2182b; font-weight: bold"
+    if text.startswith("significant"):
+        return "color: #1a7837; font-weight: bold"
+    return ""
+
+
+def frame(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping] | pd.DataFrame,
+          index: str | None = None) -> pd.DataFrame:
+    """A DataFrame from rows (or from columns: a dict of dicts, as pandas reads it); a meaningful
+    index becomes a first column named ``index``."""
+    if isinstance(rows, Mapping):
+        rows = pd.DataFrame(rows)
+    if isinstance(rows, pd.DataFrame):
+        df = rows
+        if not isinstance(df.index, pd.RangeIndex):
+            df = df.reset_index(names=index or (df.index.name or ""))
+        return df
+    return pd.DataFrame(list(rows))
+
+
+def show(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping] | pd.DataFrame, *, percent: Sequence[str] = (),
+         points: Sequence[str] = (), paper: Sequence[str] = (), significance: Sequence[str] = (),
+         digits: int = 2, caption: str | None = None, index: str | None = None):
+    """The book's table (a ``Styler``; ``.data`` is the DataFrame). See the module docstring."""
+    df = frame(rows, index)
+    unknown = [c for c in (*percent, *points, *paper, *significance) if c not in df.columns]
+    if unknown:
+        raise KeyError(f"tables.show: no column {unknown} (columns: {list(df.columns)})")
+    formats = {}
+    for c in df.columns:
+        kind = ("percent" if c in percent else "points" if c in points
+                else "int" if _whole(df[c]) else "plain")
+        formats[c] = _formatter(kind, digits)
+    styler = df.style.format(formats).hide(axis="index")
+    styler = styler.set_table_styles([{"selector": "th", "props": "text-align: left"},
+                                      {"selector": "td", "props": "padding: 2px 8px"}], overwrite=False)
+    if paper:
+        styler = styler.set_properties(subset=list(paper), **{"color": "#777", "font-style": "italic",
+                                                               "border-left": "2px solid #bbb"})
+    if significance:
+        styler = styler.map(_colour, subset=list(significance))
+    if caption:
+        styler = styler.set_caption(caption).set_table_styles(
+            [{"selector": "caption", "props": "caption-side: bottom; font-size: 0.85em; color: #555"}],
+            overwrite=False)
+    return styler
