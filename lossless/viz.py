@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 
@@ -105,6 +106,9 @@ def training_curves(rows: list[dict], metrics: Sequence[str] = ("knn_val", "line
     b.set_xlabel(name(x))
     b.set_ylabel("accuracy %")
     b.legend(fontsize=8)
+    if x == "epoch":
+        for ax in (a, b):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     return fig
 
@@ -146,6 +150,7 @@ def epoch_curves(runs: dict[str, list[dict]], metrics: Sequence[str] = ("val_los
             ax.plot([r["epoch"] for r in rows], [scale * r[m] for r in rows], label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name(m) + (" %" if scale == 100 else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -311,9 +316,13 @@ def differences(rows: list[dict]):
     the mean a bar with its paired 95% interval."""
     panels = list(dict.fromkeys(r["at"] for r in rows))
     strategies = list(dict.fromkeys(r["strategy"] for r in rows))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.4), sharey=True, squeeze=False)
+    cols = min(2, len(panels))                   # two panels a row: readable at the page's width
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.3 * rows_n), sharey=True, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     rng = np.random.default_rng(0)
-    for ax, at in zip(axes[0], panels):
+    for ax, at in zip(axes.flat, panels):
         for i, strategy in enumerate(strategies):
             r = next(r for r in rows if r["at"] == at and r["strategy"] == strategy)
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(r["per_seed"])), r["per_seed"], s=9, alpha=0.5)
@@ -323,7 +332,8 @@ def differences(rows: list[dict]):
         ax.set_xticks(range(len(strategies)))
         ax.set_xticklabels(strategies, rotation=45, ha="right", fontsize=8)
         ax.set_title(at, fontsize=9)
-    axes[0, 0].set_ylabel("minus random (points)")
+    for r in range(rows_n):
+        axes[r, 0].set_ylabel("minus random (points)")
     fig.suptitle(f"{max(r['seeds'] for r in rows)} seeds: a dot each; the mean with its 95% interval", fontsize=9)
     fig.tight_layout()
     return fig
@@ -344,5 +354,25 @@ def request_classes(rows: list[dict], classes: Sequence[str]):
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels([r["strategy"] for r in rows], fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.8, label="% of requests")
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ the section 4 comparison
+def method_curves(histories: dict[str, list[dict]], metrics: Sequence[str] = ("knn_val", "linear_probe_val",
+                                                                              "embedding_std")):
+    """Each method's monitors after every pretraining epoch (one run each, the same budget):
+    the two probes' validation accuracy and the collapse signal (the embeddings' spread)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.1), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        scale = 100 if m != "embedding_std" else 1
+        for label, rows in histories.items():
+            pts = [(r["epoch"], scale * r[m]) for r in rows if r.get(m) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name(m) + (" %" if scale == 100 else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
