@@ -50,6 +50,28 @@ def barlow_twins_views(size: int, crop_scale=(0.08, 1.0), blur_sigma=(0.1, 2.0),
     return v1, replace(v1, blur_p=0.1, solarize_p=0.2)
 
 
+def simclr_views(size: int, crop_scale=(0.08, 1.0), blur_sigma=(0.1, 2.0),
+                 interpolation: str = "bilinear", strength: float = 1.0) -> tuple[ViewConfig, ViewConfig]:
+    """SimCLR's symmetric pair (Chen et al., 2020): both views from one recipe, colour jitter
+    (0.8, 0.8, 0.8, 0.2) x ``strength`` with p=0.8, grayscale p=0.2, blur p=0.5, no solarisation."""
+    j = tuple(strength * v for v in (0.8, 0.8, 0.8, 0.2))
+    v = ViewConfig(size, tuple(crop_scale), jitter=j, jitter_p=0.8, gray_p=0.2, blur_p=0.5,
+                   blur_sigma=tuple(blur_sigma), solarize_p=0.0, interpolation=interpolation)
+    return v, v
+
+
+def swav_views(size: int, crop_scale=(0.14, 1.0), blur_sigma=(0.1, 2.0), interpolation: str = "bilinear",
+               strength: float = 1.0, small_crops: int = 0, small_size: int | None = None,
+               small_scale=(0.05, 0.14)) -> tuple[ViewConfig, ...]:
+    """SwAV's views (Caron et al., 2020): two large crops and ``small_crops`` small ones
+    (multi-crop, at ``small_size`` pixels, default 3/7 of ``size`` as 96/224 in the paper), each
+    with SimCLR's colour recipe. The first two views are the large ones."""
+    large, _ = simclr_views(size, crop_scale, blur_sigma, interpolation, strength)
+    small_size = small_size or max(8, round(size * 96 / 224))
+    small = replace(large, size=small_size, crop_scale=tuple(small_scale))
+    return (large, large) + (small,) * small_crops
+
+
 def finetune_view(size: int, crop_scale=(0.08, 1.0), blur_sigma=(0.1, 2.0)) -> ViewConfig:
     """The authors' fine-tuning augmentation: jitter p=0.6, grayscale p=0.2, blur p=0.5."""
     return ViewConfig(size, tuple(crop_scale), jitter_p=0.6, gray_p=0.2, blur_p=0.5,

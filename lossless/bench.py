@@ -98,9 +98,16 @@ def measure_engine_step(model: dict, precision: str, device: torch.device, batch
                         warmup: int = 1, compile: bool = False) -> dict:
     """Source images per second of the package's own step (batched augmentation on the device)."""
     size, channels = model["resolution"], model["channels"]
-    channels_last = precision != "fp32"
     torch.manual_seed(0)
-    task = _task(model, channels, size, device, channels_last)
+    task = _task(model, channels, size, device, precision != "fp32")
+    return measure_task_step(task, size, channels, precision, device, batch_size, steps, warmup, compile)
+
+
+def measure_task_step(task: torch.nn.Module, size: int, channels: int, precision: str, device: torch.device,
+                      batch_size: int, steps: int, warmup: int = 1, compile: bool = False) -> dict:
+    """Source images per second of one training step of any method's task, as the engine runs
+    it: views made on the device, forward and loss under autocast, backward, LARS, and the
+    task's ``after_step`` (BYOL's moving average, SwAV's renormalisation) when it has one."""
     opt = build_optimizer("lars", task, 0.1, 1e-6)
     images = torch.randint(0, 256, (batch_size, size, size, channels), dtype=torch.uint8)
     flops = step_flops(task, images[: min(8, batch_size)].to(device), device)
@@ -117,6 +124,8 @@ def measure_engine_step(model: dict, precision: str, device: torch.device, batch
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if hasattr(task, "after_step"):
+            task.after_step(1, 1000)
 
     for _ in range(warmup):
         step()
@@ -391,3 +400,45 @@ def _write_result(result: dict, out: str) -> dict:
     path.write_text(json.dumps(result, indent=1))
     result["written_to"] = str(path)
     return result
+
+
+# ------------------------------------------------------------------------- the four methods
+def run_methods_bench(device_name: str = "auto", out: str | None = None, quick: bool = False,
+                      names=None, profile: str = "cpu") -> dict:
+    """One training step of each self-supervised method on the same backbone (the ``profile``'s,
+    at its image size, with its method settings), bf16 + channels_last where the device has it:
+    images per second, GFLOP per image, MFU, and each method's rate over Barlow Twins' measured
+    in the same run (the methods add only a head and a loss, so the ratios should be near 1)."""
+    from . import methods
+    from .engine import resolve_device
+    device = resolve_device(device_name)
+    cfg = config_mod.load_profile(profile)
+    names = list(names or methods.METHODS)
+    native = {"fashion-mnist": (28, 1), "synthetic": (cfg["synthetic_size"], cfg["synthetic_channels"])}
+    size, channels = native.get(cfg["dataset"], (96, 3))
+    size = cfg.get("image_size") or size
+    ceiling = matmul_ceiling(device, torch.bfloat16)["best"]
+    batch, steps = cfg["ssl_batch_size"] if device.type == "cuda" else 256, (3 if quick else 10)
+    records = []
+    for name in names:
+        method = methods.get(name)
+        torch.manual_seed(0)
+        backbone = build_backbone(cfg["backbone"], in_channels=channels, width=cfg["width"],
+                                  layer4_stride=cfg["layer4_stride"], image_size=size, maxpool=cfg["maxpool"])
+        aug = Augmenter(method.views(cfg, size), [0.5] * channels, [0.25] * channels)
+        task = method.build(cfg, backbone, aug, 100).to(device).to(memory_format=torch.channels_last)
+        r = measure_task_step(task, size, channels, "bf16", device, batch, steps, warmup=2)
+        rec = {"method": name, "backbone": f"{cfg['backbone']} w{cfg['width']:g}", "resolution": size,
+               "precision": "bf16+channels_last", **r, "gflop_per_img": r["flops_per_img"] / 1e9,
+               "mfu": r["img_per_s"] * r["flops_per_img"] / ceiling}
+        records.append(rec)
+        print(f"{name:<8} {rec['img_per_s']:9.1f} img/s  {rec['gflop_per_img']:.3f} GFLOP/img  "
+              f"mfu {rec['mfu']:.1%}", file=sys.stderr)
+    base = next((r["img_per_s"] for r in records if r["method"] == "barlow"), None)
+    for r in records:
+        r["vs_barlow"] = r["img_per_s"] / base if base else None
+    result = {"benchmark": "methods", "profile": profile, "device": str(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "cpu": _cpu_name() if device.type == "cpu" else str(device),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "ceiling_bf16_flops": ceiling, "batch_size": batch,
+              "records": records}
+    return _write_result(result, out or f"benchmarks/results/methods-{device.type}.json")

@@ -47,7 +47,14 @@ def cmd_pretrain(args: argparse.Namespace) -> dict:
 
 
 def cmd_bench(args: argparse.Namespace) -> dict:
-    from .bench import run_train_bench
+    from .bench import run_methods_bench, run_train_bench
+    if args.method:
+        from . import methods
+        names = list(methods.METHODS) if args.method == "all" else [methods.get(args.method).name]
+        result = run_methods_bench(args.device, args.out, args.quick, names, args.profile)
+        return {"written_to": result["written_to"], "records": [
+            {k: r.get(k) for k in ("method", "img_per_s", "gflop_per_img", "mfu", "vs_barlow")}
+            for r in result["records"]]}
     result = run_train_bench(args.device, args.out, args.quick, args.models)
     return {"written_to": result["written_to"], "records": [
         {k: r.get(k) for k in ("model", "resolution", "precision", "pipeline", "img_per_s", "mfu",
@@ -160,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_args(check)
     check.set_defaults(func=cmd_data_check)
 
-    pre = sub.add_parser("pretrain", help="self-supervised pretraining (Barlow Twins); resumes a stopped run")
-    pre.add_argument("--method", default=None, help="barlow (default: the profile's ssl_method)")
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining (Barlow Twins or a baseline); resumes a stopped run")
+    pre.add_argument("--method", default=None, help="barlow | simclr | byol | swav (default: the profile's ssl_method)")
     _profile_args(pre)
     pre.set_defaults(func=cmd_pretrain)
 
@@ -218,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default=None, help="JSON path (default benchmarks/results/train-<device>.json)")
     train.add_argument("--quick", action="store_true", help="fewer timed steps")
     train.add_argument("--models", nargs="*", help="only models whose name contains one of these")
+    train.add_argument("--method", default=None,
+                       help="all | barlow | simclr | byol | swav: compare the self-supervised methods' "
+                            "steps on one backbone instead (JSON: benchmarks/results/methods-<device>.json)")
+    train.add_argument("--profile", default="cpu", help="with --method: the profile whose backbone and "
+                                                        "method settings are measured")
     train.set_defaults(func=cmd_bench)
 
     sc = bench_sub.add_parser("score", help="pool scoring: throughput vs forward-only, selection memory")

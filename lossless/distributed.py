@@ -100,6 +100,42 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return _AllReduceSum.apply(t)
 
 
+class _AllGatherCat(torch.autograd.Function):
+    """y = the processes' x concatenated along dim 0, in rank order. Every process's loss may use
+    every slice, so the gradient of a process's own slice is the sum of all processes' gradients
+    for it (an all-reduce of dL/dy, then the slice)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.contiguous().clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-gather (identity for one process): (n, ...) on each of W processes ->
+    (W n, ...) on every process, rank 0's rows first. Every process must pass the same n. With
+    DDP's gradient averaging, W processes that each take the mean loss of their own anchors
+    against the gathered batch get the gradient of one process on the whole batch."""
+    if not info().enabled:
+        return t
+    return _AllGatherCat.apply(t)
+
+
+def all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over processes of a tensor that needs no gradient (Sinkhorn's sums)."""
+    if info().enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
 def any_true(flag: bool) -> bool:
     """True on every process when ``flag`` is true on any (e.g. a NaN loss on one rank)."""
     if not info().enabled:

@@ -37,7 +37,7 @@ from .engine import Batches, Engine, EngineSettings, autocast_context, resolve_d
 from .errors import LosslessError
 from .evaluate import report, score
 from .models import ClassifierHead
-from .pretrain import PRETRAIN_KEYS, backbone_for, load_data, pretrain, pretraining_indices
+from .pretrain import backbone_for, load_data, pretrain, pretraining_indices, run_keys
 
 FINETUNE_KEYS = ("ft_epochs", "ft_batch_size", "ft_lr_head", "ft_lr_backbone", "sup_lr_backbone", "ft_weight_decay",
                  "ft_standardize", "precision", "crop_scale_min", "blur_sigma_max")
@@ -207,7 +207,7 @@ def validation_metrics(model: Classifier, split: data_mod.Split, device, amp, na
 
 def finetune_dir(cfg: Mapping[str, Any], init: str, pretrained: Path | None,
                  extra: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
-    keys = {k: cfg.get(k) for k in set(PRETRAIN_KEYS) | set(FINETUNE_KEYS)}
+    keys = {k: cfg.get(k) for k in set(run_keys(cfg)) | set(FINETUNE_KEYS)}
     # version 2: the input normalisation comes from the pretraining run (version 1 re-measured it)
     keys.update(init=init, pretrained=str(pretrained) if pretrained else None, version=2)
     if extra is not None:  # a labelled set grown by requests: the folder is keyed by what was added

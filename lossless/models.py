@@ -124,16 +124,22 @@ def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, layer4_s
 
 class BarlowTwinsProjector(nn.Sequential):
     """Section 3.3: "three linear layers each with 1024 output units"; Linear (no bias) + BN + ReLU
-    between them, the last Linear plain."""
+    between them, the last Linear plain. With ``bias=True`` it is the two-layer projection head of
+    SimCLR, BYOL and SwAV (and BYOL's predictor): the same shape, biased linear layers."""
 
-    def __init__(self, in_dim: int, sizes: Sequence[int] = (1024, 1024, 1024)):
+    def __init__(self, in_dim: int, sizes: Sequence[int] = (1024, 1024, 1024), bias: bool = False):
         dims = [in_dim, *sizes]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-2], dims[1:-1]):
-            layers += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
-        layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
+            layers += [nn.Linear(a, b, bias=bias), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+        layers.append(nn.Linear(dims[-2], dims[-1], bias=bias))
         super().__init__(*layers)
         self.out_dim = dims[-1]
+
+
+def projection_head(in_dim: int, sizes: Sequence[int]) -> BarlowTwinsProjector:
+    """Linear + BN + ReLU for each hidden size, then a linear output (biases on)."""
+    return BarlowTwinsProjector(in_dim, sizes, bias=True)
 
 
 class ClassifierHead(nn.Sequential):

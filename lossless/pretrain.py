@@ -1,4 +1,5 @@
-"""The pretraining stage (paper section 3.3): Barlow Twins on the labelled + unlabelled images.
+"""The pretraining stage (paper sections 3.3 and 4): a self-supervised method (Barlow Twins, or
+one of the baselines SimCLR, BYOL, SwAV; ``lossless.methods``) on the labelled + unlabelled images.
 
 ``pretrain(cfg)`` is what ``lossless pretrain`` and the Barlow Twins chapter call. It finds or
 creates the run folder for this configuration, trains through the engine (resuming whatever is
@@ -17,9 +18,9 @@ import torch
 
 from . import data as data_mod
 from . import config, distributed, runs
-from .augment import Augmenter, barlow_twins_views, channel_stats
+from . import methods
+from .augment import Augmenter, channel_stats
 from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
-from .methods.barlow import BarlowTwins
 from .models import build_backbone
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probes import embed, embedding_std, knn_accuracy, linear_probe_accuracy
@@ -35,8 +36,20 @@ PRETRAIN_KEYS = (
 )
 
 
+def run_keys(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """The keys that define a pretraining run of ``cfg``'s method: the shared ones and its own."""
+    return PRETRAIN_KEYS + methods.get(cfg["ssl_method"]).keys
+
+
 def pretrain_dir(cfg: Mapping[str, Any]):
-    return runs.run_dir(cfg, f"pretrain-{cfg['ssl_method']}", {k: cfg.get(k) for k in PRETRAIN_KEYS})
+    return runs.run_dir(cfg, f"pretrain-{cfg['ssl_method']}", {k: cfg.get(k) for k in run_keys(cfg)})
+
+
+def steps_per_epoch(cfg: Mapping[str, Any], split: data_mod.Split) -> int:
+    """Optimiser steps in one pretraining epoch (global batches, capped by ssl_max_steps_per_epoch)."""
+    steps = len(pretraining_indices(split)) // cfg["ssl_batch_size"]
+    cap = cfg["ssl_max_steps_per_epoch"]
+    return min(steps, cap) if cap else steps
 
 
 def backbone_for(cfg: Mapping[str, Any], data: data_mod.ImageSet) -> torch.nn.Module:
@@ -61,22 +74,20 @@ def pretraining_indices(split: data_mod.Split) -> np.ndarray:
     return np.sort(np.concatenate([split.labelled, split.unlabelled]))
 
 
-def build_task(cfg: Mapping[str, Any], split: data_mod.Split) -> tuple[BarlowTwins, Augmenter, int]:
-    """The Barlow Twins task of ``cfg`` at its (seeded) initialisation, its augmenter and image side."""
+def build_task(cfg: Mapping[str, Any], split: data_mod.Split) -> tuple[torch.nn.Module, Augmenter, int]:
+    """The task of ``cfg``'s method (``ssl_method``) at its (seeded) initialisation, its augmenter
+    (the method's views, from the one ``augment`` module) and the views' image side."""
+    method = methods.get(cfg["ssl_method"])
     data = split.data
     size = cfg.get("image_size") or data.image_shape[0]
     mean, std = channel_stats(data.images, pretraining_indices(split), seed=cfg["seed"])
-    views = barlow_twins_views(size, crop_scale=(cfg["crop_scale_min"], 1.0),
-                               blur_sigma=(0.1, cfg["blur_sigma_max"]), interpolation=cfg["interpolation"],
-                               strength=cfg["jitter_strength"])
-    augmenter = Augmenter(views, mean, std)
+    augmenter = Augmenter(method.views(cfg, size), mean, std)
     torch.manual_seed(cfg["seed"])  # the same configuration starts from the same weights
-    task = BarlowTwins(backbone_for(cfg, data), augmenter, config.sizes(cfg["projector"]),
-                       cfg["barlow_lambda"], cfg["barlow_scale"])
+    task = method.build(cfg, backbone_for(cfg, data), augmenter, steps_per_epoch(cfg, split))
     return task, augmenter, size
 
 
-def load_trained_task(cfg: Mapping[str, Any], split: data_mod.Split) -> BarlowTwins:
+def load_trained_task(cfg: Mapping[str, Any], split: data_mod.Split) -> torch.nn.Module:
     """The task of a finished (or stopped) pretraining run, with its last checkpoint's weights."""
     task, _, _ = build_task(cfg, split)
     ckpt = runs.load_checkpoint(pretrain_dir(cfg) / "checkpoints" / "last.pt")
@@ -85,7 +96,7 @@ def load_trained_task(cfg: Mapping[str, Any], split: data_mod.Split) -> BarlowTw
 
 
 @torch.no_grad()
-def correlation_matrix(task: BarlowTwins, images: np.ndarray, seed: int = 0) -> np.ndarray:
+def correlation_matrix(task: torch.nn.Module, images: np.ndarray, seed: int = 0) -> np.ndarray:
     """C (D, D) of the two views of ``images`` (N, H, W, C) uint8, as the loss sees it."""
     from .methods.barlow import cross_correlation
     was = task.training
@@ -140,7 +151,8 @@ def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, devi
 
     engine = Engine(run, EngineSettings(epochs=epochs, precision=cfg["precision"],
                                         channels_last=cfg["channels_last"], compile=cfg["compile"],
-                                        seed=cfg["seed"], progress=progress, desc="barlow", lr_hint="ssl_lr",
+                                        seed=cfg["seed"], progress=progress, desc=cfg["ssl_method"],
+                                        lr_hint="ssl_lr",
                                         checkpoint_every_steps=cfg["checkpoint_every_steps"],
                                         best_metric="loss", best_mode="min"), device)
     t0 = time.perf_counter()
@@ -154,7 +166,7 @@ def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, devi
     if dist.is_main:
         backbone_path = run / "backbone.pt"
         runs.save_checkpoint(backbone_path, {"backbone": task.backbone.state_dict(),
-                                             "config": {k: cfg.get(k) for k in PRETRAIN_KEYS},
+                                             "config": {k: cfg.get(k) for k in run_keys(cfg)},
                                              "mean": mean, "std": std})
         feats = lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size)  # noqa: E731
         bank, test = feats(bank_images), feats(split.images("test")) if len(split.test) else None
@@ -170,7 +182,7 @@ def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, devi
     return result
 
 
-def _project(task: BarlowTwins, feats: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _project(task: torch.nn.Module, feats: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Projector outputs of precomputed backbone features (eval mode), for the collapse signal."""
     was = task.projector.training
     task.projector.eval()

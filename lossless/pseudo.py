@@ -31,7 +31,7 @@ from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_pre
 from .errors import LosslessError
 from .evaluate import score
 from .finetune import FINETUNE_KEYS, finetune, finish_classifier, load_classifier, validation_metrics
-from .pretrain import PRETRAIN_KEYS, load_data
+from .pretrain import load_data, run_keys
 
 PSEUDO_KEYS = ("pl_rounds", "pl_rule", "pl_epochs", "pl_batch_size", "pl_lr", "pl_weight_decay",
                "pl_plateau_factor", "pl_patience")
@@ -66,7 +66,7 @@ def select_balanced(confidence: np.ndarray, prediction: np.ndarray, k: int, num_
 
 
 def pseudo_dir(cfg: Mapping[str, Any], start: str) -> Path:
-    keys = {k: cfg.get(k) for k in set(PRETRAIN_KEYS) | set(FINETUNE_KEYS) | set(PSEUDO_KEYS)}
+    keys = {k: cfg.get(k) for k in set(run_keys(cfg)) | set(FINETUNE_KEYS) | set(PSEUDO_KEYS)}
     keys["start"] = start
     return runs.run_dir(cfg, f"pseudo-{cfg['pl_rule']}", keys)
 

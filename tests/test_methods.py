@@ -1,0 +1,295 @@
+"""The section 4 baselines (SimCLR, BYOL, SwAV) and the method registry: each loss against a slow
+reference, the state each method keeps (BYOL's target, SwAV's prototypes and queue), DDP against
+one process, and a killed run resumed bit-identical through the one engine."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lossless import config, methods, runs
+from lossless.methods import BYOL, SwAV, byol_loss, nt_xent, sinkhorn, swapped_prediction
+from lossless.methods.byol import ema_update, momentum
+from lossless.models import build_backbone
+from lossless.optim import build_optimizer
+from lossless.pretrain import pretrain
+
+HERE = Path(__file__).parent
+
+
+def small_backbone():
+    torch.manual_seed(0)
+    return build_backbone("resnet18", in_channels=1, width=0.125, image_size=16)
+
+
+# ------------------------------------------------------------------ SimCLR
+def nt_xent_slow(z1, z2, t):
+    z = torch.nn.functional.normalize(torch.cat([z1, z2]).double(), dim=1)
+    n2 = len(z)
+    n = n2 // 2
+    total = 0.0
+    for i in range(n2):
+        pos = (i + n) % n2
+        den = sum(math.exp(float(z[i] @ z[k]) / t) for k in range(n2) if k != i)
+        total += -math.log(math.exp(float(z[i] @ z[pos]) / t) / den)
+    return total / n2
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
+def test_nt_xent_equals_a_loop_over_all_pairs(t):
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    assert float(nt_xent(z1, z2, t)) == pytest.approx(nt_xent_slow(z1, z2, t), rel=1e-5)
+
+
+def test_nt_xent_is_low_for_matching_views_and_log_2n_minus_1_for_a_collapse():
+    z = torch.eye(8) * 10
+    assert float(nt_xent(z, z, 0.1)) < 1e-3
+    same = torch.ones(8, 4)
+    assert float(nt_xent(same, same, 0.5)) == pytest.approx(math.log(15), rel=1e-6)
+
+
+# ------------------------------------------------------------------ BYOL
+def test_byol_loss_is_two_minus_two_cosine():
+    g = torch.Generator().manual_seed(0)
+    q, z = torch.randn(7, 4, generator=g), torch.randn(7, 4, generator=g)
+    cos = [float(q[i] @ z[i] / (q[i].norm() * z[i].norm())) for i in range(7)]
+    assert float(byol_loss(q, z)) == pytest.approx(np.mean([2 - 2 * c for c in cos]), rel=1e-6)
+
+
+def test_momentum_schedule_start_middle_end():
+    assert momentum(0, 100, 0.99) == pytest.approx(0.99)
+    assert momentum(50, 100, 0.99) == pytest.approx(0.995)
+    assert momentum(100, 100, 0.99) == pytest.approx(1.0)
+    assert all(momentum(s, 100) <= momentum(s + 1, 100) for s in range(100))
+
+
+def test_ema_update_follows_its_formula():
+    torch.manual_seed(0)
+    online, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in target.parameters()]
+    ema_update(target, online, 0.9)
+    for b, t, o in zip(before, target.parameters(), online.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * o)
+
+
+def test_no_gradient_reaches_the_byol_target_and_the_step_moves_it_by_ema():
+    task = BYOL(small_backbone(), projector_sizes=(16, 8), predictor_sizes=(16, 8), base_momentum=0.9)
+    opt = build_optimizer("sgd", task, 0.1, 0.0)
+    assert not any(p.requires_grad for n, p in task.named_parameters() if n.startswith("target_"))
+    assert all(any(p is q for g in opt.param_groups for q in g["params"]) is not n.startswith("target_")
+               for n, p in task.named_parameters())
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = torch.randn(8, 1, 16, 16, generator=g), torch.randn(8, 1, 16, 16, generator=g)
+    target_before = {n: p.detach().clone() for n, p in task.named_parameters() if n.startswith("target_")}
+    task((x1, x2))["loss"].backward()
+    assert all(p.grad is None for n, p in task.named_parameters() if n.startswith("target_"))
+    opt.step()
+    online = dict(task.named_parameters())
+    for n, b in target_before.items():                                # unchanged by the optimiser
+        assert torch.equal(online[n], b)
+    task.after_step(0, 10)
+    for n, b in target_before.items():
+        o = online[n.replace("target_", "")]
+        assert torch.allclose(online[n], 0.9 * b + 0.1 * o.detach(), atol=1e-7), n
+    assert float(task.tau) == pytest.approx(momentum(1, 10, 0.9))
+
+
+# ------------------------------------------------------------------ SwAV
+def sinkhorn_slow(scores, eps, iters):
+    q = np.exp(np.asarray(scores, dtype=np.float64) / eps).T
+    k, b = q.shape
+    q /= q.sum()
+    for _ in range(iters):
+        for r in range(k):
+            q[r] /= q[r].sum() * k
+        for c in range(b):
+            q[:, c] /= q[:, c].sum() * b
+    return (q * b).T
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_sinkhorn_equals_a_slow_numpy_version(iters):
+    g = torch.Generator().manual_seed(0)
+    s = torch.nn.functional.normalize(torch.randn(20, 6, generator=g), dim=1)
+    got = sinkhorn(s, 0.05, iters).double().numpy()
+    assert np.allclose(got, sinkhorn_slow(s.numpy(), 0.05, iters), rtol=1e-5, atol=1e-9)
+
+
+def test_sinkhorn_codes_are_distributions_and_use_prototypes_equally():
+    g = torch.Generator().manual_seed(1)
+    s = torch.nn.functional.normalize(torch.randn(60, 6, generator=g), dim=1)
+    q = sinkhorn(s, 0.3, 50).double()
+    assert torch.allclose(q.sum(1), torch.ones(60, dtype=torch.float64), atol=1e-6)   # each image: sums to 1
+    assert torch.allclose(q.sum(0), torch.full((6,), 10.0, dtype=torch.float64), rtol=1e-3)  # B / K each
+
+
+def test_swapped_prediction_equals_its_definition():
+    g = torch.Generator().manual_seed(2)
+    s = [torch.randn(5, 4, generator=g) for _ in range(3)]
+    q = [torch.softmax(torch.randn(5, 4, generator=g), 1) for _ in range(2)]
+    ce = lambda qq, ss: float(-(qq * torch.log_softmax(ss / 0.1, 1)).sum(1).mean())  # noqa: E731
+    want = ((ce(q[0], s[1]) + ce(q[0], s[2])) / 2 + (ce(q[1], s[0]) + ce(q[1], s[2])) / 2) / 2
+    assert float(swapped_prediction(s, q, 0.1)) == pytest.approx(want, rel=1e-5)
+
+
+def swav_steps(task, n, lr=0.5):
+    opt = build_optimizer("lars", task, lr, 1e-6)
+    g = torch.Generator().manual_seed(5)
+    for step in range(n):
+        x1, x2 = torch.randn(16, 1, 16, 16, generator=g), torch.randn(16, 1, 16, 16, generator=g)
+        opt.zero_grad()
+        task((x1, x2))["loss"].backward()
+        opt.step()
+        task.after_step(step, 100)
+
+
+def test_swav_prototypes_are_unit_vectors_after_a_step_and_frozen_during_the_first_epoch():
+    task = SwAV(small_backbone(), projector_sizes=(16, 8), prototypes=10, freeze_steps=3)
+    start = task.prototypes.weight.detach().clone()
+    assert torch.allclose(start.norm(dim=1), torch.ones(10), atol=1e-6)
+    swav_steps(task, 3)                                   # the frozen steps
+    assert torch.allclose(task.prototypes.weight, start, atol=1e-6)
+    swav_steps(task, 2)
+    w = task.prototypes.weight.detach()
+    assert torch.allclose(w.norm(dim=1), torch.ones(10), atol=1e-6)
+    assert not torch.allclose(w, start, atol=1e-4)         # learning once the freeze is over
+
+
+def test_swav_queue_keeps_the_newest_embeddings_first():
+    task = SwAV(small_backbone(), projector_sizes=(16, 8), prototypes=10, queue_length=40)
+    a, b = torch.randn(16, 8), torch.randn(16, 8)
+    task._enqueue([a, a + 1])
+    task._enqueue([b, b + 1])
+    assert int(task.queue_filled) == 32
+    assert torch.equal(task.queue[0, :16], b) and torch.equal(task.queue[0, 16:32], a)
+    assert torch.equal(task.queue[1, :16], b + 1)
+    task._enqueue([a, a])
+    assert int(task.queue_filled) == 40 and torch.equal(task.queue[0, 32:40], a[:8])
+
+
+# ------------------------------------------------------------------ registry and the engine
+def smoke(tmp_path, name, **kw):
+    kw.setdefault("progress", False)
+    return config.load_profile("smoke", dict(runs_dir=str(tmp_path / name), **kw))
+
+
+SMALL = dict(simclr_projector="64-32", byol_projector="64-32", byol_predictor="64-32", swav_projector="64-32",
+             swav_prototypes=20, ssl_max_steps_per_epoch=4)
+
+
+def test_the_registry_lists_every_method_and_names_the_choices():
+    assert list(methods.METHODS) == ["barlow", "simclr", "byol", "swav"]
+    with pytest.raises(config.ConfigError, match="barlow, simclr, byol, swav"):
+        methods.get("moco")
+    with pytest.raises(config.ConfigError, match="barlow, simclr, byol, swav"):
+        config.load_profile("smoke", {"ssl_method": "moco"})
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "swav"])
+def test_each_method_pretrains_through_the_engine(tmp_path, method):
+    r = pretrain(smoke(tmp_path, "a", ssl_method=method, **SMALL))
+    assert Path(r["run"]).name.startswith(f"pretrain-{method}-")
+    assert np.isfinite(r["final_loss"]) and r["knn_val"] > 0 and Path(r["backbone"]).is_file()
+    history = runs.read_jsonl(Path(r["run"]) / "metrics.jsonl")
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+
+
+def test_a_method_key_changes_only_that_method_s_run():
+    from lossless.pretrain import pretrain_dir
+    base = config.load_profile("smoke", {"runs_dir": "/tmp/x"})
+    assert pretrain_dir(base) == pretrain_dir(base.replace(simclr_temperature=0.2))   # barlow ignores it
+    s = base.replace(ssl_method="simclr")
+    assert pretrain_dir(s) != pretrain_dir(s.replace(simclr_temperature=0.2))
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method,extra", [("byol", {}), ("swav", {"swav_queue": 64, "swav_freeze_epochs": 1})])
+def test_a_crashed_run_resumes_bit_identical(tmp_path, monkeypatch, method, extra):
+    """BYOL's target and momentum, SwAV's queue, prototypes and step count are in the checkpoint."""
+    kw = dict(SMALL, ssl_method=method, checkpoint_every_steps=1, **extra)
+    straight = pretrain(smoke(tmp_path, "a", **kw))
+    cls = {"byol": BYOL, "swav": SwAV}[method]
+    original = cls.after_step
+
+    def crash(self, step, total):
+        original(self, step, total)
+        if step == 5:
+            raise Crash
+    monkeypatch.setattr(cls, "after_step", crash)
+    cfg = smoke(tmp_path, "b", **kw)
+    with pytest.raises(Crash):
+        pretrain(cfg)
+    monkeypatch.undo()
+    resumed = pretrain(cfg)
+    assert resumed["resumed_from"] is not None
+    a = runs.load_checkpoint(Path(straight["checkpoint"]))["model"]
+    b = runs.load_checkpoint(Path(resumed["checkpoint"]))["model"]
+    assert a.keys() == b.keys()
+    assert any(k.startswith("target_") or k in ("queue", "steps_done") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------ DDP
+def torchrun(nproc, *args, timeout=300):
+    import os
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=HERE.parent)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "swav"])
+def test_ddp_two_processes_equal_one_process(tmp_path, method):
+    """SimCLR's negatives come from both processes (differentiable all-gather); SwAV's Sinkhorn
+    sums run over the global batch: 2 gloo processes give one process's loss and gradients."""
+    proc = torchrun(2, str(HERE / "ddp_worker.py"), str(tmp_path / "ddp.pt"), method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    single = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), str(tmp_path / "one.pt"), method],
+                            capture_output=True, text=True, cwd=HERE.parent)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp, one = torch.load(tmp_path / "ddp.pt"), torch.load(tmp_path / "one.pt")
+    assert torch.allclose(ddp["loss"], one["loss"], rtol=1e-5)
+    assert ddp["grads"].keys() == one["grads"].keys()
+    # tolerance from the largest gradient: a bias before batch norm has an exact zero gradient,
+    # which float sums in another order leave as noise of 1e-8
+    scale = max(float(g.abs().max()) for g in one["grads"].values())
+    for name, g in one["grads"].items():
+        assert torch.allclose(ddp["grads"][name], g, atol=1e-5 * scale, rtol=1e-4), name
+
+
+def test_table1_compares_methods_at_one_budget_on_the_same_labelled_sets(tmp_path):
+    from lossless.experiments.table1 import best_rows, compare, table1
+    cfg = smoke(tmp_path, "t", **SMALL)
+    result = compare(cfg, methods=("barlow", "simclr"), epochs=1, seeds=2, finetune_seeds=2)
+    assert result["epochs"] == 1 and list(result["methods"]) == ["barlow", "simclr"]
+    for name, m in result["methods"].items():
+        stored = runs.read_json(Path(m["pretraining"]["run"]) / "config.json")
+        assert stored["ssl_method"] == name and stored["ssl_epochs"] == 1
+        assert [r["seed"] for r in m["seeds"]] == [0, 1]
+        assert all(0 <= r[k] <= 1 for r in m["seeds"] for k in ("knn_probe", "linear_probe", "finetune"))
+    rows = table1(result, "ResNet-18 w1/4")
+    assert [r["method"] for r in rows] == ["Barlow Twins", "SimCLR"]
+    assert rows[1]["paper (800 classes, another dataset)"] == "17.45% (ResNet-18)"
+    assert "±" in rows[0]["fine-tuned"] and rows[0]["seeds"] == 2
+    best = best_rows(result, "linear_probe")
+    assert [b["comparison"] for b in best] == ["Barlow Twins minus SimCLR"]
+    assert best[0]["verdict"] in ("significant gain", "significant loss", "not significant")
+    again = compare(cfg, methods=("barlow", "simclr"), epochs=1, seeds=2, finetune_seeds=2)  # loads, same numbers
+    assert again["methods"]["simclr"]["seeds"] == result["methods"]["simclr"]["seeds"]
+
+
+def test_bench_compares_every_method_step_against_barlow_twins(tmp_path):
+    from lossless.bench import run_methods_bench
+    r = run_methods_bench("cpu", str(tmp_path / "m.json"), quick=True, profile="smoke")
+    assert [x["method"] for x in r["records"]] == ["barlow", "simclr", "byol", "swav"]
+    assert r["records"][0]["vs_barlow"] == 1.0
+    assert all(x["img_per_s"] > 0 and x["gflop_per_img"] > 0 for x in r["records"])
+    assert runs.read_json(tmp_path / "m.json")["benchmark"] == "methods"
