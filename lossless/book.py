@@ -127,9 +127,10 @@ def book_dir(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> Path
 
 
 def _key(md: Path, profile: str, params: Mapping[str, Any], before: str = "") -> str:
-    """A chapter's cache key: its source, the profile and parameters, and the key of the chapter
-    before it (``before``), so that a chapter reruns whenever an earlier one did: later chapters
-    load the earlier ones' runs, and the performance appendix reports their times."""
+    """A chapter's cache key: its source, the profile and parameters, and ``before``: the key and
+    the time record of the chapter before it. A chapter therefore reruns whenever the one before
+    it changed or ran again, and so on down the book: later chapters load the earlier ones' runs,
+    and the performance appendix reports their times."""
     h = hashlib.sha1(md.read_bytes())
     h.update(json.dumps({"profile": profile, **params}, sort_keys=True, default=str).encode())
     h.update(before.encode())
@@ -184,14 +185,15 @@ def _run_each(profile: str, params: dict, root: Path, out_dir: Path, progress: b
 
 def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, progress: bool) -> list[dict]:
     import papermill
-    records, key = [], ""
+    records, before = [], ""
     for md in chapter_notebooks(root):
         src = write_notebook(md, out_dir / "src" / f"{md.stem}.ipynb")
         executed = out_dir / "executed" / f"{md.stem}.ipynb"
-        stamp = executed.with_suffix(".key")
-        key = _key(md, profile, params, key)
+        stamp, timing = executed.with_suffix(".key"), executed.with_suffix(".time.json")
+        key = _key(md, profile, params, before)
         if executed.is_file() and stamp.is_file() and stamp.read_text() == key:
             records.append({"chapter": md.stem, "status": "skipped (unchanged)"})
+            before = key + (timing.read_text() if timing.is_file() else "")
             continue
         print(f"lossless book: running {md.relative_to(root)} ({profile})", file=sys.stderr)
         t0 = time.perf_counter()
@@ -211,8 +213,9 @@ def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, pro
         os.replace(tmp, executed)
         stamp.write_text(key)
         seconds = round(time.perf_counter() - t0, 1)
-        runs.write_json(executed.with_suffix(".time.json"), {"chapter": md.stem, "seconds": seconds, **machine()})
+        runs.write_json(timing, {"chapter": md.stem, "seconds": seconds, **machine(), "ns": time.time_ns()})
         records.append({"chapter": md.stem, "status": "ran", "seconds": seconds})
+        before = key + timing.read_text()
     return records
 
 

@@ -189,3 +189,23 @@ def test_code_lines_fit_the_column(md):
 
 
 LINE = 90
+
+
+def test_a_chapter_that_ran_again_makes_the_later_ones_run(tmp_path, monkeypatch):
+    """Executing is stubbed: the chain of keys alone decides what runs."""
+    import papermill
+    ran = []
+
+    def fake_execute(src, out, **kw):
+        ran.append(Path(src).stem)
+        shutil.copy(src, out)
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    out = tmp_path / "book"
+    status = lambda recs: [r["status"].split()[0] for r in recs]  # noqa: E731
+    first = book._run_each_chapter("smoke", {}, ROOT, out, progress=False)
+    assert set(status(first)) == {"ran"} and len(ran) == len(CHAPTERS)
+    assert set(status(book._run_each_chapter("smoke", {}, ROOT, out, progress=False))) == {"skipped"}
+    (out / "executed" / f"{CHAPTERS[2].stem}.key").unlink()      # chapter 3 must run again...
+    ran.clear()
+    book._run_each_chapter("smoke", {}, ROOT, out, progress=False)
+    assert ran == [md.stem for md in CHAPTERS[2:]]                  # ...and every chapter after it
