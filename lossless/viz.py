@@ -141,13 +141,20 @@ def confusion(matrix, classes: Sequence[str], normalise: bool = True):
     return fig
 
 
-def epoch_curves(runs: dict[str, list[dict]], metrics: Sequence[str] = ("val_loss", "val_acc")):
-    """Per-epoch metrics of several runs (one panel per metric; accuracies in %)."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3), squeeze=False)
+ACCURACIES = {"acc", "val_acc", "knn_val", "linear_probe_val"}   # stored as fractions, shown in %
+
+
+def epoch_curves(runs: dict[str, list[dict]], metrics: Sequence[str] = ("val_loss", "val_acc"),
+                 width: float = 4.5, marker: str | None = None):
+    """Per-epoch metrics of several runs (one panel per metric; accuracies in %; an epoch
+    without the metric, e.g. a monitor that ran every other epoch, is skipped)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3), squeeze=False)
     for ax, m in zip(axes[0], metrics):
-        scale = 100 if m.endswith("acc") else 1
+        scale = 100 if m in ACCURACIES else 1
         for label, rows in runs.items():
-            ax.plot([r["epoch"] for r in rows], [scale * r[m] for r in rows], label=label)
+            pts = [(r["epoch"], scale * r[m]) for r in rows if r.get(m) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker=marker, ms=3, label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(name(m) + (" %" if scale == 100 else ""))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -363,16 +370,4 @@ def method_curves(histories: dict[str, list[dict]], metrics: Sequence[str] = ("k
                                                                               "embedding_std")):
     """Each method's monitors after every pretraining epoch (one run each, the same budget):
     the two probes' validation accuracy and the collapse signal (the embeddings' spread)."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3.1), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        scale = 100 if m != "embedding_std" else 1
-        for label, rows in histories.items():
-            pts = [(r["epoch"], scale * r[m]) for r in rows if r.get(m) is not None]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name(m) + (" %" if scale == 100 else ""))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return epoch_curves(histories, metrics, width=3.4, marker="o")

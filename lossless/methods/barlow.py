@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import distributed
 from ..augment import Augmenter
+from .common import ViewTask
 from ..models import BarlowTwinsProjector
 
 
@@ -52,7 +53,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, s
     return scale * redundancy_reduction_loss(cross_correlation(z1, z2), lambd)[0]
 
 
-class BarlowTwins(nn.Module):
+class BarlowTwins(ViewTask):
     """Backbone + projector + the loss; ``prepare`` makes the two asymmetric views on the device."""
 
     def __init__(self, backbone: nn.Module, augmenter: Augmenter | None = None,
@@ -62,13 +63,6 @@ class BarlowTwins(nn.Module):
         self.projector = BarlowTwinsProjector(backbone.feature_dim, projector_sizes)
         self.bn = nn.BatchNorm1d(self.projector.out_dim, affine=False)  # the standardisation of C
         self.augmenter, self.lambd, self.scale = augmenter, lambd, scale
-
-    def prepare(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        v1, v2 = self.augmenter(batch["images"], generator)
-        return v1, v2
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         z1, z2 = self.embed(views[0]), self.embed(views[1])

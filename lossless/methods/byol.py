@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import Augmenter
+from .common import ViewTask
 from ..models import projection_head
 
 
@@ -48,7 +49,7 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         t.copy_(o)
 
 
-class BYOL(nn.Module):
+class BYOL(ViewTask):
     """Online backbone + projector + predictor, a target copy updated by EMA, the symmetric loss."""
 
     def __init__(self, backbone: nn.Module, augmenter: Augmenter | None = None,
@@ -62,13 +63,6 @@ class BYOL(nn.Module):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.augmenter, self.base_momentum = augmenter, base_momentum
         self.register_buffer("tau", torch.tensor(base_momentum, dtype=torch.float64))
-
-    def prepare(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        v1, v2 = self.augmenter(batch["images"], generator)
-        return v1, v2
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         q1, q2 = self.predictor(self.embed(views[0])), self.predictor(self.embed(views[1]))

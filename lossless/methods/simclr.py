@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import distributed
 from ..augment import Augmenter
+from .common import ViewTask
 from ..models import projection_head
 
 
@@ -46,7 +47,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     return F.cross_entropy(logits, positive)
 
 
-class SimCLR(nn.Module):
+class SimCLR(ViewTask):
     """Backbone + projection head + NT-Xent; ``prepare`` makes the two symmetric views."""
 
     def __init__(self, backbone: nn.Module, augmenter: Augmenter | None = None,
@@ -55,13 +56,6 @@ class SimCLR(nn.Module):
         self.backbone = backbone
         self.projector = projection_head(backbone.feature_dim, projector_sizes)
         self.augmenter, self.temperature = augmenter, temperature
-
-    def prepare(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        v1, v2 = self.augmenter(batch["images"], generator)
-        return v1, v2
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         z1, z2 = self.embed(views[0]), self.embed(views[1])

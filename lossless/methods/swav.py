@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import distributed
 from ..augment import Augmenter
+from .common import ViewTask
 from ..models import projection_head
 
 
@@ -63,7 +64,7 @@ def swapped_prediction(scores: Sequence[torch.Tensor], codes: Sequence[torch.Ten
     return total / len(codes)
 
 
-class SwAV(nn.Module):
+class SwAV(ViewTask):
     """Backbone + projection head + prototypes; codes by Sinkhorn-Knopp; the swapped prediction."""
 
     def __init__(self, backbone: nn.Module, augmenter: Augmenter | None = None,
@@ -87,12 +88,6 @@ class SwAV(nn.Module):
 
     def _freeze(self, grad: torch.Tensor) -> torch.Tensor:
         return grad * 0 if int(self.steps_done) < self.freeze_steps else grad
-
-    def prepare(self, batch: dict, generator: torch.Generator) -> list[torch.Tensor]:
-        return self.augmenter(batch["images"], generator)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.backbone(x))
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         z = [F.normalize(self.embed(v).float(), dim=1) for v in views]
