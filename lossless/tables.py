@@ -15,6 +15,7 @@ them here; the formatting lives in one place so that every table reads the same.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
@@ -60,7 +61,7 @@ def difference(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) ->
 
 def _whole(values: Iterable[Any]) -> bool:
     vals = [v for v in values if not missing(v)]
-    return bool(vals) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+    return bool(vals) and all(isinstance(v, numbers.Real) and not isinstance(v, bool)
                               and float(v).is_integer() for v in vals)
 
 
@@ -74,9 +75,9 @@ def _formatter(kind: str, digits: int):
             return f"{100 * v:.{digits}f}%"
         if kind == "points":
             return f"{v:+.{digits}f}"
-        if kind == "int":
+        if kind == "int" or isinstance(v, numbers.Integral):
             return f"{int(round(v)):,}"
-        if isinstance(v, float):  # a small rate keeps its significant digits: 0.0008, not 0.00
+        if isinstance(v, numbers.Real):  # a small rate keeps its significant digits: 0.0008, not 0.00
             return f"{v:.{digits}g}" if 0 < abs(v) < 0.1 else f"{v:,.{digits}f}"
         return str(v)
     return fmt
@@ -95,14 +96,16 @@ def frame(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping] | pd.DataFra
           index: str | None = None) -> pd.DataFrame:
     """A DataFrame from rows (or from columns: a dict of dicts, as pandas reads it); a meaningful
     index becomes a first column named ``index``."""
-    if isinstance(rows, Mapping):
-        rows = pd.DataFrame(rows)
+    if isinstance(rows, Mapping):   # columns of object Series: an int among floats stays an int
+        keys = list(dict.fromkeys(k for column in rows.values() for k in column))
+        rows = pd.DataFrame({c: pd.Series([col.get(k) for k in keys], index=keys, dtype=object)
+                             for c, col in rows.items()})
     if isinstance(rows, pd.DataFrame):
         df = rows
         if not isinstance(df.index, pd.RangeIndex):
             df = df.reset_index(names=index or (df.index.name or ""))
         return df
-    return pd.DataFrame(list(rows))
+    return pd.DataFrame(list(rows), dtype=object)
 
 
 def show(rows: Sequence[Mapping[str, Any]] | Mapping[str, Mapping] | pd.DataFrame, *, percent: Sequence[str] = (),

@@ -60,3 +60,9 @@ def test_pm_and_interval_and_the_sd_note():
 def test_an_unknown_column_is_named():
     with pytest.raises(KeyError, match="accuracy"):
         tables.show(pd.DataFrame([{"acc": 0.5}]), percent=["accuracy"])
+
+
+def test_an_integer_among_floats_keeps_no_decimals():
+    s = tables.show({"random": {"features": 128, "std": 0.24}, "pretrained": {"features": 128, "std": 0.68}},
+                    index="statistic")
+    assert cells(s) == [["features", "128", "128"], ["std", "0.24", "0.68"]]
