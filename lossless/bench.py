@@ -381,16 +381,21 @@ def run_kmeans_bench(out: str | None = None, points: int = 70_000, dim: int = 51
     whole = time.perf_counter() - t
     result = {"benchmark": "kmeans", "points": points, "dim": dim, "clusters": clusters, "runs": rows,
               "paper_selection_seconds (minibatch)": round(whole, 2), "requested": int(len(sel.positions)),
-              "threads": torch.get_num_threads(), "cpu": platform.processor() or _cpu_name(),
+              "threads": torch.get_num_threads(), "cpu": cpu_name(),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     return _write_result(result, out or "benchmarks/results/kmeans-cpu.json")
 
 
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+def cpu_name(mark_amx: bool = False) -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one), with " (AMX)" appended
+    when ``mark_amx`` and the processor has AMX-BF16 (the bf16 kernels differ with it)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                platform.processor() or "unknown")
+    return name + (" (AMX)" if mark_amx and " amx_bf16" in info else "")
 
 
 def _write_result(result: dict, out: str) -> dict:
@@ -438,7 +443,7 @@ def run_methods_bench(device_name: str = "auto", out: str | None = None, quick: 
     for r in records:
         r["vs_barlow"] = r["img_per_s"] / base if base else None
     result = {"benchmark": "methods", "profile": profile, "device": str(device), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "cpu": _cpu_name() if device.type == "cpu" else str(device),
+              "threads": torch.get_num_threads(), "cpu": cpu_name() if device.type == "cpu" else str(device),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "ceiling_bf16_flops": ceiling, "batch_size": batch,
               "records": records}
     return _write_result(result, out or f"benchmarks/results/methods-{device.type}.json")

@@ -222,20 +222,12 @@ def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, pro
 def machine() -> dict:
     """Where and when a chapter ran: the processor's model name, cores, torch, the date."""
     import datetime
-    import platform
 
     import torch
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    return {"processor": model + (" (AMX)" if " amx_bf16" in flags else ""), "cores": os.cpu_count(),
-            "torch": torch.__version__, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+
+    from .bench import cpu_name
+    return {"processor": cpu_name(mark_amx=True), "cores": os.cpu_count(), "torch": torch.__version__,
+            "finished": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def chapter_times(folder: Path | str | None = None, root: Path = ROOT) -> list[dict]:

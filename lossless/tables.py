@@ -20,6 +20,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from .evaluate import side
+
 DASH = "\u2013"  # en dash: a value that does not exist (not run, not defined)
 SD_NOTE = "± is the sample standard deviation over seeds (n - 1 in the denominator)."
 
@@ -36,13 +38,9 @@ def pm(stats: Mapping[str, float], percent: bool = True, digits: int = 2) -> str
     return f"{scale * stats['mean']:.{digits}f}{unit} ± {scale * stats['std']:.{digits}f}"
 
 
-def significance(interval: Mapping[str, float], gain: str = "gain", loss: str = "loss") -> str:
+def significance(interval: Mapping[str, float]) -> str:
     """What a 95% interval of a difference says, in words that a table can colour."""
-    if interval["low"] > 0:
-        return f"significant {gain}"
-    if interval["high"] < 0:
-        return f"significant {loss}"
-    return "not significant"
+    return {"above": "significant gain", "below": "significant loss", "includes": "not significant"}[side(interval)]
 
 
 def interval(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> str:
@@ -54,9 +52,8 @@ def interval(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> s
 
 def difference(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> str:
     """A paired difference as prose: "+1.22 points, 95% interval [+1.00, +1.43], above zero"."""
-    where = "above" if d["low"] > 0 else "below" if d["high"] < 0 else "includes"
     return (f"{scale * d['mean']:+.{digits}f} points, 95% interval {interval(d, scale, digits)}, "
-            f"{where} zero")
+            f"{side(d)} zero")
 
 
 def _whole(values: Iterable[Any]) -> bool:

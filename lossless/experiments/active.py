@@ -344,7 +344,7 @@ def difference_table(diffs: Sequence[Mapping[str, Any]]) -> list[dict]:
     """``difference_rows`` as a table: points, the interval and its verdict, seeds either side."""
     return [{"strategy": r["strategy"], "at": r["at"], "minus random (points)": r["mean"],
              "95% interval": interval(r, scale=1.0),
-             "verdict": significance(r, gain="gain", loss="loss"),
+             "verdict": significance(r),
              "seeds above": r["above random"], "seeds below": r["below random"], "seeds": r["seeds"]}
             for r in diffs]
 

@@ -137,23 +137,22 @@ def difference_rows(result: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
-def budget_rows(result: Mapping[str, Any]) -> list[dict]:
-    """Test accuracy (mean ± sd over seeds) per labels-per-class budget for both starts."""
+def _by_budget(result: Mapping[str, Any]) -> list[tuple[int, dict]]:
+    """Per labels-per-class budget: ``{start: mean_std over seeds}`` for both starts."""
     out = []
     for k in sorted({r["labels_per_class"] for r in result["label_budget"]}):
         rs = [r for r in result["label_budget"] if r["labels_per_class"] == k]
-        row = {"labels per class": k, "seeds": len(rs)}
-        for m in ("supervised", "barlow_finetune"):
-            row[LABELS[m]] = pm(mean_std([r[m] for r in rs]))
-        out.append(row)
+        out.append((k, {m: mean_std([r[m] for r in rs]) for m in ("supervised", "barlow_finetune")}))
     return out
+
+
+def budget_rows(result: Mapping[str, Any]) -> list[dict]:
+    """Test accuracy (mean ± sd over seeds) per labels-per-class budget for both starts."""
+    return [{"labels per class": k, "seeds": s["supervised"]["n"], **{LABELS[m]: pm(v) for m, v in s.items()}}
+            for k, s in _by_budget(result)]
 
 
 def budget_means(result: Mapping[str, Any]) -> list[dict]:
     """Per labels-per-class budget: the mean test accuracy of both starts and the seed count."""
-    out = []
-    for k in sorted({r["labels_per_class"] for r in result["label_budget"]}):
-        rs = [r for r in result["label_budget"] if r["labels_per_class"] == k]
-        out.append({"labels_per_class": k, "seeds": len(rs),
-                    **{m: mean_std([r[m] for r in rs])["mean"] for m in ("supervised", "barlow_finetune")}})
-    return out
+    return [{"labels_per_class": k, "seeds": s["supervised"]["n"], **{m: v["mean"] for m, v in s.items()}}
+            for k, s in _by_budget(result)]

@@ -110,8 +110,8 @@ class SwAV(ViewTask):
     @torch.no_grad()
     def _enqueue(self, batches: Sequence[torch.Tensor]) -> None:
         n, length = len(batches[0]), self.queue.shape[1]
-        keep = max(0, length - n)
-        self.queue[:, n:] = self.queue[:, :keep].clone() if keep else self.queue[:, n:]
+        if length > n:                                  # shift the older entries back by n
+            self.queue[:, n:] = self.queue[:, :length - n].clone()
         for i, zb in enumerate(batches):
             self.queue[i, :min(n, length)] = zb[:length]
         self.queue_filled.fill_(min(length, int(self.queue_filled) + n))
