@@ -19,6 +19,7 @@ any checkpoint takes exactly the steps an uninterrupted run takes.
 """
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -147,6 +148,12 @@ class EngineSettings:
     seed: int = 0
     progress: bool = True
     checkpoint_every_steps: int = 0
+    # An epoch's end writes last.pt only when this many seconds have passed since the last write
+    # (always after the final epoch); the best weights wait in memory and are written just before
+    # it, so best.pt on disk always belongs to the best value last.pt records. 0: every epoch.
+    # A fine-tuning epoch of 320 images takes 0.2 s, and writing both files after each one cost
+    # 15% of its time.
+    epoch_checkpoint_seconds: float = 0.0
     best_metric: str = "loss"
     best_mode: str = "min"
     desc: str = "train"
@@ -176,6 +183,8 @@ class Engine:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self._scheduler = None
         self._saved_at: tuple[int, int] | None = None  # (epoch, step in epoch) of the last.pt on disk
+        self._saved_time = time.perf_counter()
+        self._best_pending: dict | None = None  # the best state not yet on disk
 
     @property
     def last_path(self) -> Path:
@@ -195,11 +204,23 @@ class Engine:
                 "partial": state.partial}
 
     def _save(self, path: Path, task, optimizer, scaler, state: TrainState) -> None:
+        if path == self.last_path and self._best_pending is not None:
+            if self.dist.is_main:
+                runs.save_checkpoint(self.best_path, self._best_pending)
+            self._best_pending = None
         if self.dist.is_main:
             runs.save_checkpoint(path, self._state_dict(task, optimizer, scaler, state))
         if path == self.last_path:
             self._saved_at = (state.epoch, state.step_in_epoch)
+            self._saved_time = time.perf_counter()
         distributed.barrier()
+
+    def _keep_best(self, task, optimizer, scaler, state: TrainState) -> None:
+        """A copy of the best state, written with the next last.pt."""
+        if self.dist.is_main:
+            self._best_pending = _cpu_copy(self._state_dict(task, optimizer, scaler, state))
+        else:
+            self._best_pending = {}
 
     # -- the divergence guard
     def _diverged(self, what: str, epoch: int, step: int, global_step: int) -> TrainingDiverged:
@@ -351,9 +372,11 @@ class Engine:
                 state.best = record[s.best_metric]
             record["best"] = state.best
             state.history.append(record)
-            self._save(self.last_path, task, optimizer, scaler, state)
             if improved:
-                self._save(self.best_path, task, optimizer, scaler, state)
+                self._keep_best(task, optimizer, scaler, state)
+            due = time.perf_counter() - self._saved_time >= s.epoch_checkpoint_seconds
+            if distributed.any_true(due) or epoch + 1 == s.epochs:  # every rank writes or none does
+                self._save(self.last_path, task, optimizer, scaler, state)
             if self.dist.is_main:
                 runs.write_jsonl(self.run_dir / "metrics.jsonl", state.history)
                 if s.progress:
@@ -363,6 +386,17 @@ class Engine:
         record.update(checkpoint=str(self.last_path), best_checkpoint=str(self.best_path),
                       resumed_from=resumed_from)
         return record
+
+
+def _cpu_copy(obj):
+    """A deep copy of a state dict's tensors (they change in place as training goes on)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 def _convert_bn_in_place(task: nn.Module, device: torch.device) -> nn.Module:

@@ -30,7 +30,7 @@ from . import distributed, runs
 from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
 from .errors import LosslessError
 from .evaluate import score
-from .finetune import FINETUNE_KEYS, finetune, finish_classifier, load_classifier, validation_metrics
+from .finetune import CHECKPOINT_SECONDS, FINETUNE_KEYS, finetune, finish_classifier, load_classifier, validation_metrics
 from .pretrain import load_data, run_keys
 
 PSEUDO_KEYS = ("pl_rounds", "pl_rule", "pl_epochs", "pl_batch_size", "pl_lr", "pl_weight_decay",
@@ -161,7 +161,8 @@ def _train_round(cfg, split: data_mod.Split, checkpoint: Path, rdir: Path, pseud
     engine = Engine(rdir, EngineSettings(epochs=cfg["pl_epochs"], precision=cfg["precision"],
                                          channels_last=cfg["channels_last"], seed=cfg["seed"],
                                          progress=bool(cfg["progress"]), desc=f"pseudo {rdir.name}", lr_hint="pl_lr",
-                                         best_metric="val_loss", best_mode="min"), device)
+                                         best_metric="val_loss", best_mode="min",
+                                         epoch_checkpoint_seconds=CHECKPOINT_SECONDS), device)
     t0 = time.perf_counter()
     engine.fit(model, batches, optimizer, None, lambda e: validation_metrics(model, split, device, amp),
                epoch_scheduler=plateau, scheduler_metric="val_acc")

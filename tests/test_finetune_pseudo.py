@@ -226,3 +226,62 @@ def test_backbone_drift_against_a_hand_computed_perturbation(tmp_path):
         sum(float(v.double().pow(2).sum()) for v in layer2))
     assert drift["layer2"] == pytest.approx(expected, rel=1e-6)          # 1.5 x w rounds to float32
     assert drift["stem"] == drift["layer1"] == drift["layer3"] == drift["layer4"] == 0.0
+
+
+class _Clock:
+    """A stand-in for ``time`` inside the engine: each reading is one 'second' later."""
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_throttled_classifier_checkpoints_resume_exactly(tmp_path, monkeypatch):
+    """Fine-tuning writes last.pt only every CHECKPOINT_SECONDS (the best weights wait in memory);
+    a run killed between two writes resumes from the older one and ends bit-identical to a run
+    that wrote every epoch, best.pt included."""
+    from lossless import engine as engine_mod, finetune as finetune_mod
+    saved = []
+    real_save = runs.save_checkpoint
+
+    def save(path, obj):
+        saved.append((Path(path).name, obj.get("epoch")))
+        real_save(path, obj)
+    monkeypatch.setattr(runs, "save_checkpoint", save)
+    pre = Path(pretrain(smoke(tmp_path / "p"))["backbone"])
+    real = finetune_mod.validation_metrics
+
+    def run(name, seconds, crash_epoch=None):
+        saved.clear()
+        monkeypatch.setattr(finetune_mod, "CHECKPOINT_SECONDS", seconds)
+
+        def evaluate(model, split, device, amp, name="val"):
+            if len(evaluated) == crash_epoch:
+                raise RuntimeError("killed")
+            evaluated.append(1)
+            # the best epoch is the second, not the last, so best.pt and last.pt differ
+            return {**real(model, split, device, amp, name), "val_loss": abs(len(evaluated) - 2.0)}
+        evaluated = []
+        monkeypatch.setattr(finetune_mod, "validation_metrics", evaluate)
+        return finetune(smoke(tmp_path / name, ft_epochs=8), "barlow", pre)
+
+    every = run("every", 0.0)
+    assert [n for n, _ in saved].count("last.pt") == 8
+    monkeypatch.setattr(engine_mod, "time", _Clock())
+    with pytest.raises(RuntimeError, match="killed"):
+        run("throttled", 10.0, crash_epoch=6)
+    # the best weights waited in memory: best.pt (epoch 2) was written with a later last.pt
+    assert ("best.pt", 2) in saved and saved[saved.index(("best.pt", 2)) + 1][1] > 2
+    assert 1 <= [n for n, _ in saved].count("last.pt") < 6      # some epochs ended without a write
+    resumed_ckpt = runs.load_checkpoint(next((tmp_path / "throttled").rglob("last.pt")))
+    assert 0 < resumed_ckpt["epoch"] <= 6                 # the crash came in epoch 7's evaluation
+    throttled = run("throttled", 10.0)
+    assert throttled["test_accuracy"] == every["test_accuracy"]
+    for name in ("last.pt", "best.pt"):
+        a = runs.load_checkpoint(Path(every["run"]) / "checkpoints" / name)
+        b = runs.load_checkpoint(Path(throttled["run"]) / "checkpoints" / name)
+        assert a["epoch"] == b["epoch"] == (2 if name == "best.pt" else 8) and a["best"] == b["best"], name
+        for k in a["model"]:
+            assert torch.equal(a["model"][k], b["model"][k]), (name, k)
