@@ -113,6 +113,12 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         r = ex.experiment(cfg, seeds=10 if args.seeds is None else args.seeds)
         return {"run": r["run"], "seeds": len(r["seeds"]), "budget": r["budget"], "rounds": r["rounds"],
                 "minus_random": [{k: v for k, v in row.items() if k != "per_seed"} for row in ex.difference_rows(r)]}
+    if args.name == "table1":
+        from .experiments import table1 as t1
+        r = t1.compare(cfg, seeds=5 if args.seeds is None else args.seeds)
+        return {"epochs": r["epochs"], "table1": t1.table1(r),
+                "barlow_minus_others": [row for m in ("finetune", "linear_probe", "knn_probe")
+                                        for row in t1.best_rows(r, m)]}
     from .experiments import claims
     r = claims(cfg, seeds=5 if args.seeds is None else args.seeds)
     return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
@@ -186,10 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="a runs/finetune-* or runs/pseudo-*/roundN folder")
     ev.set_defaults(func=cmd_evaluate)
 
-    ex = sub.add_parser("experiment", help="an experiment over seeds: claims (sections 3.4, 3.5, 5) or active "
-                                           "(section 3.6: label-request rules against random)")
-    ex.add_argument("name", choices=["claims", "active"])
-    ex.add_argument("--seeds", type=int, default=None, help="seeds (default: 5 for claims, 10 for active)")
+    ex = sub.add_parser("experiment", help="an experiment over seeds: claims (sections 3.4, 3.5, 5), active "
+                                           "(section 3.6: label-request rules against random) or table1 "
+                                           "(section 4: compare_methods for compare_epochs each)")
+    ex.add_argument("name", choices=["claims", "active", "table1"])
+    ex.add_argument("--seeds", type=int, default=None,
+                    help="seeds (default: 5 for claims and table1, 10 for active)")
     _profile_args(ex)
     ex.set_defaults(func=cmd_experiment)
 

@@ -92,6 +92,31 @@ def percentages(text) -> list[float]:
     return [float(t) for t in str(text).replace("-", ",").split(",") if t.strip()]
 
 
+METHOD_NAMES = ("barlow", "simclr", "byol", "swav")
+BACKBONES = ("resnet34", "resnet18", "vgg16")
+
+
+def table1_runs(text) -> list[tuple[str, str | None]]:
+    """``"barlow,byol:resnet34"`` -> [("barlow", None), ("byol", "resnet34")]: section 4's
+    comparison runs, each a method and the backbone it pretrains (None: the profile's own).
+    ValueError names the first bad entry."""
+    out = []
+    for part in (t.strip() for t in str(text).split(",")):
+        method, _, net = part.partition(":")
+        method, net = method.strip(), net.strip() or None
+        if method not in METHOD_NAMES or (net is not None and net not in BACKBONES) or (method, net) in out:
+            raise ValueError(part)
+        out.append((method, net))
+    return out
+
+
+def _table1_ok(v) -> bool:
+    try:
+        return isinstance(v, str) and len(table1_runs(v)) > 0
+    except ValueError:
+        return False
+
+
 TEXT = Domain("a string", lambda v: isinstance(v, str), ("[1, 2]", "{a: 1}"))
 BOOL = Domain("true or false", lambda v: isinstance(v, bool), ("maybe", "2"))
 POSITIVE_INT = at_least(1)
@@ -107,6 +132,9 @@ SIZES = Domain("layer sizes as positive integers joined by '-', e.g. 1024-1024-1
                ("1024-0", "abc", "-"))
 PERCENTAGES = Domain("percentages of the pool in (0, 100] separated by commas, adding up to at most 100, "
                      "e.g. 3,3,3", _percentages_ok, ("0", "60,60", "abc", "3,x"))
+TABLE1 = Domain(f"methods ({' | '.join(METHOD_NAMES)}), each once, optionally with a backbone "
+                f"({' | '.join(BACKBONES)}) after a colon, separated by commas, e.g. barlow,byol:resnet34",
+                _table1_ok, ("mocov3", "barlow,barlow", "byol:resnet50", ""))
 
 # Rules that tie two parameters together: (keys, check(cfg), what is allowed).
 RELATIONS: list[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], str]] = [
@@ -162,7 +190,7 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
         NONNEG_INT),
     # --- backbone (paper section 3.2) ---
     "backbone": ("resnet34", "resnet34 (the paper's) | resnet18 | vgg16",
-        choice("resnet34", "resnet18", "vgg16")),
+        choice(*BACKBONES)),
     "width": (1.0, "channel multiplier of every stage (0.25 on a laptop CPU)",
         POSITIVE),
     "layer4_stride": (2, "2: 6x6 map at 96 px (the paper's text); 1: 12x12 (the authors' code)",
@@ -173,7 +201,7 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
         optional(at_least(8))),
     # --- self-supervised pretraining (paper section 3.3) ---
     "ssl_method": ("barlow", "barlow (the paper's) | simclr | byol | swav (its section 4 baselines)",
-        choice("barlow", "simclr", "byol", "swav")),
+        choice(*METHOD_NAMES)),
     "ssl_epochs": (1000, "pretraining epochs (the paper: 1000)",
         POSITIVE_INT),
     "ssl_batch_size": (1024, "global batch (the paper: 1024)",
@@ -223,6 +251,13 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
         NONNEG_INT),
     "swav_small_crops": (0, "multi-crop: small views per image besides the two large ones",
         NONNEG_INT),
+    # --- section 4's comparison (Table 1): the same budget for every method ---
+    "compare_methods": ("simclr:resnet18,byol:resnet34,byol:resnet18,swav:resnet18,barlow:resnet34",
+                        "the runs compared: method[:backbone], comma-separated (the default: Table 1's rows)",
+        TABLE1),
+    "compare_epochs": (80, "pretraining epochs of every compared run (the paper: BYOL and SwAV saturated "
+                           "after 80)",
+        POSITIVE_INT),
     "crop_scale_min": (0.08, "smallest crop area fraction of the random resized crop",
         UNIT_INTERVAL_OPEN_CLOSED),
     "blur_sigma_max": (2.0, "largest Gaussian blur sigma in pixels",

@@ -24,6 +24,20 @@ def bench_header(result: dict) -> str:
             f"fp32 {result['ceiling_fp32_flops'] / 1e9:,.0f} GFLOP/s.")
 
 
+def methods_rows(result: dict) -> list[dict]:
+    """One row per method of a ``lossless bench train --method all`` result."""
+    return [{"method": r["method"], "backbone": r["backbone"], "px": r["resolution"], "precision": r["precision"],
+             "img/s": r["img_per_s"], "GFLOP/img": r["gflop_per_img"], "MFU (bf16 ceiling)": r["mfu"],
+             "vs Barlow Twins": f"{r['vs_barlow']:.2f}x"} for r in result["records"]]
+
+
+def methods_header(result: dict) -> str:
+    """Where and when the methods' benchmark ran, and its batch."""
+    return (f"Measured {result['time']} on `{result['device']}` ({result.get('cpu', '')}, {result['threads']} "
+            f"threads, torch {result['torch']}), batch {result['batch_size']}; matmul ceiling bf16 "
+            f"{result['ceiling_bf16_flops'] / 1e9:,.0f} GFLOP/s.")
+
+
 def bench_table(path: str | Path) -> str:
     """A Markdown table of a ``lossless bench train`` JSON file (for the terminal and READMEs)."""
     result = json.loads(Path(path).read_text())

@@ -145,19 +145,25 @@ ACCURACIES = {"acc", "val_acc", "knn_val", "linear_probe_val"}   # stored as fra
 
 
 def epoch_curves(runs: dict[str, list[dict]], metrics: Sequence[str] = ("val_loss", "val_acc"),
-                 width: float = 4.5, marker: str | None = None):
+                 width: float = 4.5, marker: str | None = None, x: str = "epoch"):
     """Per-epoch metrics of several runs (one panel per metric; accuracies in %; an epoch
-    without the metric, e.g. a monitor that ran every other epoch, is skipped)."""
+    without the metric, e.g. a monitor that ran every other epoch, is skipped). ``x="minutes"``
+    puts each epoch at the training minutes spent by its end (the records' ``seconds``)."""
+    if x not in ("epoch", "minutes"):
+        raise ValueError(f"x={x!r}: epoch or minutes")
     fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         scale = 100 if m in ACCURACIES else 1
         for label, rows in runs.items():
-            pts = [(r["epoch"], scale * r[m]) for r in rows if r.get(m) is not None]
+            at = np.cumsum([r.get("seconds", 0.0) / 60 for r in rows]) if x == "minutes" \
+                else [r["epoch"] for r in rows]
+            pts = [(t, scale * r[m]) for t, r in zip(at, rows) if r.get(m) is not None]
             if pts:
                 ax.plot(*zip(*pts), marker=marker, ms=3, label=label)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch" if x == "epoch" else "training minutes")
         ax.set_ylabel(name(m) + (" %" if scale == 100 else ""))
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if x == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -368,6 +374,7 @@ def request_classes(rows: list[dict], classes: Sequence[str]):
 # ------------------------------------------------------------------ the section 4 comparison
 def method_curves(histories: dict[str, list[dict]], metrics: Sequence[str] = ("knn_val", "linear_probe_val",
                                                                               "embedding_std")):
-    """Each method's monitors after every pretraining epoch (one run each, the same budget):
-    the two probes' validation accuracy and the collapse signal (the embeddings' spread)."""
-    return epoch_curves(histories, metrics, width=3.4, marker="o")
+    """Each method's monitors after every pretraining epoch (one run each, the same budget),
+    against its training minutes: the two probes' validation accuracy and the collapse signal
+    (the embeddings' spread)."""
+    return epoch_curves(histories, metrics, width=3.4, marker="o", x="minutes")

@@ -266,24 +266,54 @@ def test_ddp_two_processes_equal_one_process(tmp_path, method):
 
 
 def test_table1_compares_methods_at_one_budget_on_the_same_labelled_sets(tmp_path):
-    from lossless.experiments.table1 import best_rows, compare, table1
-    cfg = smoke(tmp_path, "t", **SMALL)
-    result = compare(cfg, methods=("barlow", "simclr"), epochs=1, seeds=2, finetune_seeds=2)
-    assert result["epochs"] == 1 and list(result["methods"]) == ["barlow", "simclr"]
-    for name, m in result["methods"].items():
-        stored = runs.read_json(Path(m["pretraining"]["run"]) / "config.json")
-        assert stored["ssl_method"] == name and stored["ssl_epochs"] == 1
-        assert [r["seed"] for r in m["seeds"]] == [0, 1]
-        assert all(0 <= r[k] <= 1 for r in m["seeds"] for k in ("knn_probe", "linear_probe", "finetune"))
-    rows = table1(result, "ResNet-18 w1/4")
-    assert [r["method"] for r in rows] == ["Barlow Twins", "SimCLR"]
-    assert rows[1]["paper (800 classes, another dataset)"] == "17.45% (ResNet-18)"
-    assert "±" in rows[0]["fine-tuned"] and rows[0]["seeds"] == 2
+    from lossless.experiments.table1 import PAPER_COLUMN, best_rows, compare, labels, table1
+    cfg = smoke(tmp_path, "t", **SMALL, compare_methods="barlow,simclr:resnet34,simclr", compare_epochs=1)
+    result = compare(cfg, seeds=2, finetune_seeds=1)
+    assert result["epochs"] == 1 and list(result["runs"]) == ["barlow", "simclr:resnet34", "simclr"]
+    for key, r in result["runs"].items():
+        stored = runs.read_json(Path(r["pretraining"]["run"]) / "config.json")
+        assert stored["ssl_method"] == key.split(":")[0] and stored["ssl_epochs"] == 1
+        assert stored["backbone"] == r["backbone"] == ("resnet34" if key.endswith("34") else "resnet18")
+        assert [x["seed"] for x in r["seeds"]] == [0, 1]
+        assert ["finetune" in x for x in r["seeds"]] == [True, False]   # the first finetune_seeds only
+        assert all(0 <= x[k] <= 1 for x in r["seeds"] for k in ("knn_probe", "linear_probe"))
+    assert labels(result) == {"barlow": "Barlow Twins", "simclr:resnet34": "SimCLR (ResNet-34)",
+                              "simclr": "SimCLR (ResNet-18)"}
+    rows = table1(result, extra=[{"method": "ensemble (average)"}])
+    assert [r["method"] for r in rows] == ["Barlow Twins", "SimCLR", "SimCLR", "ensemble (average)"]
+    assert rows[1]["network"] == "ResNet-34, width 0.25" and rows[2]["network"] == "ResNet-18, width 0.25"
+    assert rows[1][PAPER_COLUMN] == "17.45% (ResNet-18)" and rows[2][PAPER_COLUMN] == "17.45%"
+    assert rows[0][PAPER_COLUMN] == "43.46% (ResNet-34)"
+    assert "±" in rows[0]["linear probe"] and rows[0]["seeds"] == 2 and rows[0]["fine-tuned"].startswith(
+        f"{100 * result['runs']['barlow']['seeds'][0]['finetune']:.2f}")
     best = best_rows(result, "linear_probe")
-    assert [b["comparison"] for b in best] == ["Barlow Twins minus SimCLR"]
+    assert [b["comparison"] for b in best] == ["Barlow Twins minus SimCLR (ResNet-34)",
+                                               "Barlow Twins minus SimCLR (ResNet-18)"]
     assert best[0]["verdict"] in ("significant gain", "significant loss", "not significant")
-    again = compare(cfg, methods=("barlow", "simclr"), epochs=1, seeds=2, finetune_seeds=2)  # loads, same numbers
-    assert again["methods"]["simclr"]["seeds"] == result["methods"]["simclr"]["seeds"]
+    assert best_rows(result, "finetune") == []                  # one fine-tuned seed: no interval
+    again = compare(cfg, seeds=2, finetune_seeds=1)             # loads, same numbers
+    assert again["runs"] == result["runs"]
+    with pytest.raises(config.ConfigError, match=r"compare_methods='barlow,mocov3' is not allowed: methods"):
+        smoke(tmp_path, "t", compare_methods="barlow,mocov3")
+    with pytest.raises(config.ConfigError, match=r"finetune_seeds=-1 is not allowed"):
+        compare(cfg, seeds=2, finetune_seeds=-1)
+
+
+def test_experiment_table1_command(tmp_path):
+    """`lossless experiment table1` prints Table 1 and the paired claims as JSON; a method it
+    does not know stops it with exit 2 and one line naming the parameter and the choices."""
+    import json
+    args = [sys.executable, "-m", "lossless", "experiment", "table1", "--profile", "smoke", "--quiet",
+            "--seeds", "2", f"runs_dir={tmp_path / 'runs'}", "compare_epochs=1"]
+    proc = subprocess.run(args + ["compare_methods=barlow,swav"], capture_output=True, text=True, cwd=HERE.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["epochs"] == 1 and [r["method"] for r in out["table1"]] == ["Barlow Twins", "SwAV"]
+    assert [(r["comparison"], r["measure"]) for r in out["barlow_minus_others"]] == [
+        ("Barlow Twins minus SwAV", m) for m in ("fine-tuned", "linear probe", "k-NN probe")]
+    bad = subprocess.run(args + ["compare_methods=barlow,moco"], capture_output=True, text=True, cwd=HERE.parent)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "compare_methods='barlow,moco' is not allowed: methods (barlow | simclr | byol | swav)" in bad.stderr
 
 
 def test_bench_compares_every_method_step_against_barlow_twins(tmp_path):

@@ -1,9 +1,10 @@
 """The paper's Table 1 (section 4): Barlow Twins against SimCLR, BYOL and SwAV at an equal budget.
 
-Every method pretrains the same backbone for the same epochs on the same images with the same
-batch and optimiser (``compare_cfg``: the configuration with ``ssl_method`` and ``ssl_epochs``
-set); each finished backbone is then measured the same way on the same labelled sets, one per
-seed: a k-NN probe and a linear probe on its frozen features and the section-3.4 fine-tuning.
+Every method pretrains for the same epochs on the same images with the same batch and
+optimiser (the runs and epochs are the configuration's ``compare_methods`` and
+``compare_epochs``: on the ``cpu`` profile all four on its one backbone; on the ``paper``
+profile Table 1's rows, each on its own network); each finished backbone is then measured the
+same way on the same labelled sets, one per seed: a k-NN probe and a linear probe on its frozen features and the section-3.4 fine-tuning.
 As in the claim experiment, pretraining uses no labels, so one run per method (the
 configuration's own seed) serves every seed. Every piece is a run folder of its own stage, so a
 stopped comparison resumes where it was; ``table1`` collects the stored results into the
@@ -25,85 +26,131 @@ from ..tables import interval, pm, significance
 from .claims import frozen_probes
 
 # Table 1 of the paper: (network, method) -> accuracy on its 800-class validation set.
-PAPER_TABLE1 = [("ResNet-18", "simclr", "17.45%"), ("ResNet-34", "byol", "19%"), ("ResNet-18", "byol", "22.5%"),
-                ("ResNet-18", "swav", "25%"), ("ResNet-34", "ensemble (average)", "34%"),
-                ("ResNet-34", "ensemble (weighted average)", "39%"), ("ResNet-34", "barlow", "43.46%")]
+PAPER_TABLE1 = [("resnet18", "simclr", "17.45%"), ("resnet34", "byol", "19%"), ("resnet18", "byol", "22.5%"),
+                ("resnet18", "swav", "25%"), ("resnet34", "ensemble (average)", "34%"),
+                ("resnet34", "ensemble (weighted average)", "39%"), ("resnet34", "barlow", "43.46%")]
+PAPER_COLUMN = "paper (800 classes, another dataset)"
 NAMES = {"barlow": "Barlow Twins", "simclr": "SimCLR", "byol": "BYOL", "swav": "SwAV"}
+MEASURES = {"finetune": "fine-tuned", "linear_probe": "linear probe", "knn_probe": "k-NN probe"}
+NETWORKS = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "vgg16": "VGG-16"}
 
 
-def compare_cfg(cfg: Mapping[str, Any], method: str, epochs: int | None = None) -> config_mod.Config:
-    """``cfg`` with ``ssl_method = method`` (and ``ssl_epochs = epochs`` when given)."""
+def compare_cfg(cfg: Mapping[str, Any], method: str, epochs: int | None = None,
+                backbone: str | None = None) -> config_mod.Config:
+    """``cfg`` with ``ssl_method = method`` (and ``ssl_epochs = epochs``, ``backbone`` when given)."""
     methods_mod.get(method)
     over = {k: v for k, v in cfg.items() if k != "profile"}
     over["ssl_method"] = method
     if epochs is not None:
         over["ssl_epochs"] = epochs
         over["ssl_warmup_epochs"] = min(cfg["ssl_warmup_epochs"], epochs)
+    if backbone is not None:
+        over["backbone"] = backbone
     return config_mod.load_profile(cfg["profile"], over)
 
 
-def compare(cfg: Mapping[str, Any], methods: Sequence[str] = ("barlow", "simclr", "byol", "swav"),
-            epochs: int | None = None, seeds: int = 5, finetune_seeds: int | None = None) -> dict:
-    """Pretrain (or load) every method at the same budget and measure it on ``seeds`` labelled
-    sets (fine-tuning on the first ``finetune_seeds`` of them, default all)."""
-    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
-        raise config_mod.ConfigError(f"seeds={seeds!r} is not allowed: an integer >= 1")
-    finetune_seeds = seeds if finetune_seeds is None else finetune_seeds
-    out: dict[str, Any] = {"epochs": epochs or cfg["ssl_epochs"], "methods": {}}
-    for name in methods:
-        c = compare_cfg(cfg, name, epochs)
-        print(f"lossless table1: {name} ({c['ssl_epochs']} epochs)", file=sys.stderr)
+def network(cfg: Mapping[str, Any]) -> str:
+    """The backbone in words: "ResNet-18, width 0.25"."""
+    text = NETWORKS.get(cfg["backbone"], cfg["backbone"])
+    return text if cfg["width"] == 1 else f"{text}, width {cfg['width']:g}"
+
+
+def compare(cfg: Mapping[str, Any], seeds: int = 5, finetune_seeds: int | None = None) -> dict:
+    """Pretrain (or load) every run of ``cfg.compare_methods`` for ``cfg.compare_epochs`` epochs
+    and measure it on ``seeds`` labelled sets (fine-tuning on the first ``finetune_seeds`` of
+    them, default all). Returns ``{"epochs", "runs": {key: {method, backbone, network,
+    pretraining, seeds}}}``, a key being ``method`` or ``method:backbone`` as configured."""
+    for name, value, low in (("seeds", seeds, 1), ("finetune_seeds", finetune_seeds, 0)):
+        if value is None and name == "finetune_seeds":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low} "
+                                         f"(labelled sets of section 4's comparison)")
+    config_mod.validate(cfg)
+    finetune_seeds = seeds if finetune_seeds is None else min(finetune_seeds, seeds)
+    epochs = cfg["compare_epochs"]
+    out: dict[str, Any] = {"epochs": epochs, "runs": {}}
+    for method, backbone in config_mod.table1_runs(cfg["compare_methods"]):
+        key = method if backbone is None else f"{method}:{backbone}"
+        c = compare_cfg(cfg, method, epochs, backbone)
+        print(f"lossless table1: {key} ({epochs} epochs)", file=sys.stderr)
         pre = pretrain(c)
-        backbone = Path(pre["backbone"])
+        path = Path(pre["backbone"])
         per_seed = []
         for s in range(seeds):
             cs = config_mod.load_profile(c["profile"], {k: v for k, v in c.items() if k != "profile"}, seed=s)
-            row = {"seed": s, **frozen_probes(cs, backbone)}
+            row = {"seed": s, **frozen_probes(cs, path)}
             if s < finetune_seeds:
-                row["finetune"] = finetune(cs, "barlow", backbone)["test_accuracy"]
+                row["finetune"] = finetune(cs, "barlow", path)["test_accuracy"]
             per_seed.append(row)
-        out["methods"][name] = {"pretraining": {k: pre.get(k) for k in ("run", "train_seconds", "img_per_s",
-                                                                          "final_loss", "knn_val")},
-                                "seeds": per_seed}
+        out["runs"][key] = {"method": method, "backbone": c["backbone"], "network": network(c),
+                            "pretraining": {k: pre.get(k) for k in ("run", "train_seconds", "img_per_s",
+                                                                      "final_loss", "knn_val")},
+                            "seeds": per_seed}
     return out
 
 
-def _metric(result: Mapping[str, Any], method: str, key: str) -> list[float]:
-    return [r[key] for r in result["methods"][method]["seeds"] if key in r]
+def _metric(result: Mapping[str, Any], key: str, measure: str) -> list[float]:
+    return [r[measure] for r in result["runs"][key]["seeds"] if measure in r]
 
 
-def table1(result: Mapping[str, Any], network: str) -> list[dict]:
+def _paper(method: str, backbone: str) -> str | None:
+    """The paper's figure for this method, its own network's first (the others' in brackets)."""
+    same = [acc for net, m, acc in PAPER_TABLE1 if m == method and net == backbone]
+    other = [f"{acc} ({NETWORKS[net]})" for net, m, acc in PAPER_TABLE1 if m == method and net != backbone]
+    return ", ".join(same + other) or None
+
+
+def table1(result: Mapping[str, Any], extra: Sequence[Mapping[str, Any]] = ()) -> list[dict]:
     """Table 1's rows from ``compare``'s result: network, method, k-NN / linear / fine-tuned test
     accuracy (mean ± sd over seeds), pretraining minutes, and the paper's figure beside ours.
-    The ensembles' rows come from the ensembles chapter (paper section 4's second half)."""
+    ``extra`` rows (the ensembles of section 4's second half, from their own chapter) are added
+    in the same columns."""
     rows = []
-    for name, m in result["methods"].items():
-        paper = [f"{acc} ({net})" for net, meth, acc in PAPER_TABLE1 if meth == name]
-        row = {"network": network, "method": NAMES.get(name, name),
-               "k-NN probe": pm(mean_std(_metric(result, name, "knn_probe"))),
-               "linear probe": pm(mean_std(_metric(result, name, "linear_probe"))),
-               "fine-tuned": pm(mean_std(_metric(result, name, "finetune"))) if _metric(result, name, "finetune")
-               else None,
-               "seeds": len(m["seeds"]), "pretraining minutes": m["pretraining"]["train_seconds"] / 60,
-               "paper (800 classes, another dataset)": ", ".join(paper) or None}
-        rows.append(row)
-    return rows
+    for key, r in result["runs"].items():
+        ft = _metric(result, key, "finetune")
+        rows.append({"network": r["network"], "method": NAMES.get(r["method"], r["method"]),
+                     "k-NN probe": pm(mean_std(_metric(result, key, "knn_probe"))),
+                     "linear probe": pm(mean_std(_metric(result, key, "linear_probe"))),
+                     "fine-tuned": pm(mean_std(ft)) if ft else None,
+                     "seeds": len(r["seeds"]), "pretraining minutes": r["pretraining"]["train_seconds"] / 60,
+                     PAPER_COLUMN: _paper(r["method"], r["backbone"])})
+    return rows + [dict(e) for e in extra]
 
 
-def best_rows(result: Mapping[str, Any], key: str = "finetune", reference: str = "barlow") -> list[dict]:
-    """The paper's claim "Barlow Twins performed the best", tested: Barlow Twins minus each other
-    method on ``key`` (finetune, linear_probe or knn_probe), paired over seeds, 95% interval."""
+def best_rows(result: Mapping[str, Any], measure: str = "finetune", reference: str = "barlow") -> list[dict]:
+    """The paper's claim "Barlow Twins performed the best", tested: the (first) run of method
+    ``reference`` minus each other run on ``measure`` (finetune, linear_probe or knn_probe),
+    paired over seeds, 95% interval."""
+    runs = result["runs"]
+    ref = next((k for k, r in runs.items() if r["method"] == reference), None)
+    if ref is None:
+        return []
     rows = []
-    ref = _metric(result, reference, key)
-    for name in result["methods"]:
-        if name == reference:
+    a = _metric(result, ref, measure)
+    for key, r in runs.items():
+        if key == ref:
             continue
-        other = _metric(result, name, key)
-        n = min(len(ref), len(other))
+        b = _metric(result, key, measure)
+        n = min(len(a), len(b))
         if n < 2:
             continue
-        d = paired_difference(ref[:n], other[:n])
-        rows.append({"comparison": f"{NAMES.get(reference, reference)} minus {NAMES.get(name, name)}",
-                     "measure": key.replace("_", " "), "mean difference (points)": 100 * d["mean"],
+        d = paired_difference(a[:n], b[:n])
+        rows.append({"comparison": f"{_label(runs, ref)} minus {_label(runs, key)}",
+                     "measure": MEASURES.get(measure, measure), "mean difference (points)": 100 * d["mean"],
                      "95% interval (points)": interval(d), "verdict": significance(d), "seeds": n})
     return rows
+
+
+def _label(runs: Mapping[str, Any], key: str) -> str:
+    """A run's name: the method's, with its network when two runs share the method."""
+    r = runs[key]
+    name = NAMES.get(r["method"], r["method"])
+    if sum(o["method"] == r["method"] for o in runs.values()) > 1:
+        name += f" ({NETWORKS.get(r['backbone'], r['backbone'])})"
+    return name
+
+
+def labels(result: Mapping[str, Any]) -> dict[str, str]:
+    """Every run's name, as the table and the figures show it."""
+    return {k: _label(result["runs"], k) for k in result["runs"]}
