@@ -119,6 +119,11 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         return {"epochs": r["epochs"], "table1": t1.table1(r),
                 "barlow_minus_others": [row for m in ("finetune", "linear_probe", "knn_probe")
                                         for row in t1.best_rows(r, m)]}
+    if args.name == "ensembles":
+        from .experiments import ensembles as en
+        r = en.ensembles(cfg, seeds=5 if args.seeds is None else args.seeds)
+        return {"models": r["models"], "summary": r["summary"], "minus_best_single": en.difference_rows(r),
+                "overlap_val": en.overlap_rows(r, "val"), "bounds": en.bound_rows(r)}
     from .experiments import claims
     r = claims(cfg, seeds=5 if args.seeds is None else args.seeds)
     return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
@@ -193,11 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("experiment", help="an experiment over seeds: claims (sections 3.4, 3.5, 5), active "
-                                           "(section 3.6: label-request rules against random) or table1 "
-                                           "(section 4: compare_methods for compare_epochs each)")
-    ex.add_argument("name", choices=["claims", "active", "table1"])
+                                           "(section 3.6: label-request rules against random), table1 "
+                                           "(section 4: compare_methods for compare_epochs each) or ensembles "
+                                           "(section 4: ensemble_models combined; the overlap analysis)")
+    ex.add_argument("name", choices=["claims", "active", "table1", "ensembles"])
     ex.add_argument("--seeds", type=int, default=None,
-                    help="seeds (default: 5 for claims and table1, 10 for active)")
+                    help="seeds (default: 5 for claims, table1 and ensembles, 10 for active)")
     _profile_args(ex)
     ex.set_defaults(func=cmd_experiment)
 

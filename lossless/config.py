@@ -258,6 +258,13 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
     "compare_epochs": (80, "pretraining epochs of every compared run (the paper: BYOL and SwAV saturated "
                            "after 80)",
         POSITIVE_INT),
+    "ensemble_models": ("barlow:resnet34,byol:resnet34,swav:resnet18",
+                        "the compared runs whose fine-tuned classifiers are combined (the paper: Barlow Twins, "
+                        "BYOL and SwAV), as in compare_methods",
+        TABLE1),
+    "ensemble_step": (0.05, "grid step of the weighted ensemble's weights (chosen on validation)",
+        Domain("1/n for an integer n from 1 to 100, e.g. 0.05", lambda v: _finite(v) and 0 < v <= 1
+               and abs(round(1 / v) * v - 1) < 1e-9 and round(1 / v) <= 100, ("0", "0.3", "2", "nan"))),
     "crop_scale_min": (0.08, "smallest crop area fraction of the random resized crop",
         UNIT_INTERVAL_OPEN_CLOSED),
     "blur_sigma_max": (2.0, "largest Gaussian blur sigma in pixels",

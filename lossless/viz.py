@@ -278,7 +278,8 @@ def seeds_and_budget(result: dict, labels: dict[str, str]):
 def margin_gallery(rows: dict[str, tuple[np.ndarray, list[str]]]):
     """Pool images in rows (e.g. smallest and largest margins), each titled (top-2 classes, margin)."""
     n = max(len(imgs) for imgs, _ in rows.values())
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.05, len(rows) * 1.45), squeeze=False)
+    lines = max((t.count("\n") + 1 for _, titles in rows.values() for t in titles), default=1)
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.05, len(rows) * (1.25 + 0.1 * lines)), squeeze=False)
     for r, (name, (imgs, titles)) in enumerate(rows.items()):
         for c in range(n):
             ax = axes[r, c]
@@ -378,3 +379,132 @@ def method_curves(histories: dict[str, list[dict]], metrics: Sequence[str] = ("k
     against its training minutes: the two probes' validation accuracy and the collapse signal
     (the embeddings' spread)."""
     return epoch_curves(histories, metrics, width=3.4, marker="o", x="minutes")
+
+
+def upset(rows: list[dict], names: Sequence[str], title: str = ""):
+    """Intersection counts as an UpSet plot: one bar per exact subset of models (the models it
+    gets right, the others wrong), over a dot matrix that says which subset. Drawn here rather
+    than with ``upsetplot`` (0.9.0 fails with pandas 3.1 and matplotlib 3.11; its maintained fork
+    warns): ``rows`` as from ``ensemble.intersections`` (``models``, ``count``, optional ``sd``)."""
+    names = list(names)
+    fig, (top, dots) = plt.subplots(2, 1, figsize=(max(4.0, 0.55 * len(rows) + 1.5), 1.6 + 0.35 * len(names) + 2),
+                                    sharex=True, gridspec_kw={"height_ratios": [3, 0.35 * len(names) + 0.2]})
+    xs = np.arange(len(rows))
+    counts = [r["count"] for r in rows]
+    top.bar(xs, counts, yerr=[r.get("sd", 0) for r in rows] if any("sd" in r for r in rows) else None,
+            color="0.3", capsize=2)
+    for x, r in zip(xs, rows):
+        top.text(x, r["count"] + r.get("sd", 0), f"{r['count']:,.0f}", ha="center", va="bottom", fontsize=7)
+    top.set_ylabel("images")
+    top.set_title(title, fontsize=9)
+    top.spines[["top", "right"]].set_visible(False)
+    for x, r in zip(xs, rows):
+        on = [i for i, n in enumerate(names) if n in r["models"]]
+        dots.scatter([x] * len(names), range(len(names)), s=30, color="0.85")
+        if on:
+            dots.scatter([x] * len(on), on, s=30, color="0.1")
+            dots.plot([x, x], [min(on), max(on)], color="0.1", lw=1.5)
+    dots.set_yticks(range(len(names)), names, fontsize=8)
+    dots.set_ylim(-0.6, len(names) - 0.4)
+    dots.invert_yaxis()
+    dots.set_xticks([])
+    for side in ("top", "right", "bottom", "left"):
+        dots.spines[side].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def venn(right_counts: dict[tuple, float], names: Sequence[str], title: str = ""):
+    """An area-proportional Venn diagram of which images two or three models get right
+    (``right_counts``: exact subset -> count, as ``upset`` takes; the empty subset is left out)."""
+    from matplotlib_venn import venn2, venn3
+    names = list(names)
+    if len(names) not in (2, 3):
+        raise ValueError(f"a Venn diagram of {len(names)} models: draw 2 or 3 (the UpSet plot takes any number)")
+    order = [(0,), (1,), (0, 1)] if len(names) == 2 else [(0,), (1,), (0, 1), (2,), (0, 2), (1, 2), (0, 1, 2)]
+    sizes = [right_counts.get(tuple(names[i] for i in o), 0) for o in order]
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    diagram = (venn2 if len(names) == 2 else venn3)(subsets=sizes, set_labels=names, ax=ax)
+    for label in diagram.subset_labels:
+        if label is not None:
+            label.set_text(f"{float(label.get_text()):,.0f}")
+            label.set_fontsize(8)
+    ax.set_title(title, fontsize=9)
+    return fig
+
+
+def pair_matrices(agreement: np.ndarray, error_correlation: np.ndarray, names: Sequence[str]):
+    """Two K x K matrices side by side: how often two models predict the same class, and how
+    their errors correlate."""
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    for ax, m, title, lo in ((axes[0], agreement, "same prediction (share of images)", 0.0),
+                             (axes[1], error_correlation, "correlation of errors", -1.0)):
+        m = np.asarray(m, dtype=np.float64)
+        im = ax.imshow(m, cmap="viridis", vmin=lo, vmax=1)
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                    color="black" if v > (lo + 1) / 2 else "white")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def filter_mosaics(mosaics: dict[str, np.ndarray], norms: dict[str, np.ndarray] | None = None):
+    """Figure 2: one mosaic of filters per model (from ``filters.mosaic``, values in [-1, 1] on
+    one shared scale), each weight a square (no smoothing); below each, its filters' L2 norms."""
+    k = len(mosaics)
+    rows = 2 if norms else 1
+    fig, axes = plt.subplots(rows, k, figsize=(2.9 * k, 3.0 + 1.3 * (rows - 1)), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1] if rows == 2 else [1]})
+    im = None
+    for i, (name, m) in enumerate(mosaics.items()):
+        ax = axes[0, i]
+        m = np.asarray(m, dtype=np.float64)
+        if m.shape[-1] == 3:  # colour filters: -1..1 -> 0..1, blank gaps white
+            ax.imshow(np.nan_to_num((m + 1) / 2, nan=1.0), interpolation="nearest")
+        else:
+            cmap = plt.get_cmap("RdBu_r").copy()
+            cmap.set_bad("white")
+            im = ax.imshow(np.ma.masked_invalid(m[..., 0]), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if norms:
+            b = axes[1, i]
+            b.bar(np.arange(len(norms[name])), norms[name], color="0.35", width=0.8)
+            b.set_xlabel("filter", fontsize=8)
+            b.tick_params(labelsize=7)
+            if i == 0:
+                b.set_ylabel("L2 norm", fontsize=8)
+    if im is not None:
+        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="weight / largest |weight|")
+    return fig
+
+
+def stage_activations(maps: dict[str, np.ndarray], image: np.ndarray, channels: int = 6):
+    """One image and, for each stage, its first ``channels`` feature maps (each on its own
+    scale, nearest-neighbour so each activation is a square)."""
+    fig, axes = plt.subplots(len(maps), channels + 1, figsize=(1.05 * (channels + 1), 1.1 * len(maps)),
+                             squeeze=False)
+    for r, (stage, m) in enumerate(maps.items()):
+        for c in range(channels + 1):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                if r == 0:
+                    _show(ax, image)
+                else:
+                    ax.axis("off")
+                ax.text(-0.1, 0.5, f"{stage}\n{m.shape[1]}x{m.shape[2]}", transform=ax.transAxes,
+                        ha="right", va="center", fontsize=7)
+                continue
+            if c - 1 < len(m):
+                ax.imshow(m[c - 1], cmap="magma", interpolation="nearest")
+            else:
+                ax.axis("off")
+    fig.tight_layout()
+    return fig

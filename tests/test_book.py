@@ -1,5 +1,6 @@
 """The book: sources and paired notebooks in sync, chapter conventions, and a rendered smoke build
 checked in headless Chromium (pages load, show their figures, no raw LaTeX)."""
+import ast
 import os
 import re
 import shutil
@@ -39,6 +40,11 @@ def test_chapter_conventions(md):
     assert any(c.cell_type == "markdown" and re.search(r"^## What to try", c.source, re.M) for c in nb.cells)
     for c in code:
         assert not re.search(r"\.backward\(|optimizer\.step|for epoch in", c.source), "no training loop in a notebook"
+        # a table shows only as the cell's last expression: one earlier in the cell is lost
+        body = ast.parse(c.source).body if "tables.show" in c.source else []
+        for node in body[:-1]:
+            shown = isinstance(node, ast.Expr) and "tables.show" in ast.unparse(node)
+            assert not shown, f"{md.name}: tables.show(...) must end its cell, or it is not shown:\n{c.source}"
         if "viz." in c.source and "fig = " in c.source:
             assert c.metadata.get("mystnb", {}).get("figure", {}).get("caption"), f"figure without caption:\n{c.source}"
 

@@ -81,7 +81,8 @@ def compare(cfg: Mapping[str, Any], seeds: int = 5, finetune_seeds: int | None =
             cs = config_mod.load_profile(c["profile"], {k: v for k, v in c.items() if k != "profile"}, seed=s)
             row = {"seed": s, **frozen_probes(cs, path)}
             if s < finetune_seeds:
-                row["finetune"] = finetune(cs, "barlow", path)["test_accuracy"]
+                ft = finetune(cs, "barlow", path)
+                row.update(finetune=ft["test_accuracy"], finetune_run=ft["run"])
             per_seed.append(row)
         out["runs"][key] = {"method": method, "backbone": c["backbone"], "network": network(c),
                             "pretraining": {k: pre.get(k) for k in ("run", "train_seconds", "img_per_s",

@@ -1,0 +1,180 @@
+"""What a backbone's filters and channels look like (paper Figure 2, and beyond it).
+
+Figure 2 of the paper shows the first convolution's filters of its Barlow Twins ResNet-34. Here
+any pretrained backbone's (or its seeded initialisation's) convolution weights are laid out as
+one mosaic of filters (``mosaic``), the feature maps of one image are taken after each stage
+(``stage_maps``), and the pool images that most activate a channel of the last stage are found
+from the stored frozen features (``top_activating``). ``viz`` draws them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import LosslessError
+
+
+def backbone(cfg: Mapping[str, Any], path: Path | None, split) -> tuple[nn.Module, dict]:
+    """The backbone of ``cfg`` in eval mode: with the weights of the pretraining checkpoint
+    ``path``, or (``path=None``) at the initialisation a pretraining run of ``cfg`` starts from
+    (the same seed). Returns it and the checkpoint (``{}`` for the initialisation)."""
+    from .finetune import load_backbone
+    from .pretrain import backbone_for
+    torch.manual_seed(cfg["seed"])  # as pretrain.build_task: the backbone is built first
+    net = backbone_for(cfg, split.data)
+    ckpt = load_backbone(path, cfg, net) if path is not None else {}
+    return net.eval(), ckpt
+
+
+def conv_layers(net: nn.Module) -> list[str]:
+    """The names of the network's convolutions, input first."""
+    return [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+
+
+def layer_weights(net: nn.Module, layer: str) -> np.ndarray:
+    """(out, in, kh, kw) float32 weights of convolution ``layer`` (e.g. ``stem.0``)."""
+    module = dict(net.named_modules()).get(layer)
+    if not isinstance(module, nn.Conv2d):
+        names = conv_layers(net)
+        raise LosslessError(f"filter_layer={layer!r} is not a convolution of this backbone; its convolutions: "
+                            f"{', '.join(names[:6])}, ... ({len(names)} in all; the first is the paper's)")
+    return module.weight.detach().float().cpu().numpy().copy()
+
+
+def shown_filters(weights: np.ndarray) -> np.ndarray:
+    """What a filter looks like as an image: (out, kh, kw, 1) for one input channel, (out, kh, kw,
+    3) for three (RGB), and for more inputs the mean over them, (out, kh, kw, 1)."""
+    w = np.asarray(weights, dtype=np.float32)
+    if w.shape[1] == 3:
+        return w.transpose(0, 2, 3, 1)
+    return (w if w.shape[1] == 1 else w.mean(1, keepdims=True)).transpose(0, 2, 3, 1)
+
+
+def mosaic(filters: np.ndarray, columns: int = 8, scale: float | None = None, gap: int = 1) -> tuple[np.ndarray, float]:
+    """``filters`` (n, kh, kw, c) side by side, ``columns`` a row, ``gap`` pixels of NaN between
+    them (drawn blank), every weight divided by ``scale`` (default: the largest absolute weight),
+    so that values lie in [-1, 1] on a scale shared with any mosaic given the same ``scale``.
+    Returns (rows * (kh + gap) - gap, columns * (kw + gap) - gap, c) and the scale."""
+    f = np.asarray(filters, dtype=np.float64)
+    n, kh, kw, c = f.shape
+    scale = float(np.abs(f).max()) if scale is None else float(scale)
+    if not scale > 0:
+        raise LosslessError("the filters are all zero: nothing to draw")
+    rows = -(-n // columns)
+    out = np.full((rows * (kh + gap) - gap, columns * (kw + gap) - gap, c), np.nan)
+    for i in range(n):
+        r, q = divmod(i, columns)
+        out[r * (kh + gap):r * (kh + gap) + kh, q * (kw + gap):q * (kw + gap) + kw] = f[i] / scale
+    return out, scale
+
+
+def filter_norms(weights: np.ndarray) -> np.ndarray:
+    """The L2 norm of each output filter (out,)."""
+    w = np.asarray(weights, dtype=np.float64)
+    return np.sqrt((w.reshape(len(w), -1) ** 2).sum(1))
+
+
+@torch.no_grad()
+def stage_maps(net: nn.Module, image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> dict[str, np.ndarray]:
+    """The activations (C, h, w) after each stage of a ResNet (stem, layer1..layer4) for one
+    (H, W, C) uint8 image, normalised as the pretraining run normalised its inputs."""
+    if not hasattr(net, "layer4"):
+        raise LosslessError("stage_maps draws a ResNet's stages; this backbone has none (VGG-16)")
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    out = {}
+    for name in ("stem", "layer1", "layer2", "layer3", "layer4"):
+        x = getattr(net, name)(x)
+        out[name] = x[0].numpy().copy()
+    return out
+
+
+def selective_channels(features: np.ndarray, n: int = 4) -> list[int]:
+    """The ``n`` channels whose activation varies most across images (the sample standard
+    deviation over the mean, largest first): those that pick out some images, not all."""
+    f = np.asarray(features, dtype=np.float64)
+    spread = f.std(0, ddof=1) / np.maximum(np.abs(f.mean(0)), 1e-12)
+    return [int(i) for i in np.argsort(-spread, kind="stable")[:n]]
+
+
+def top_activating(features: np.ndarray, channels: Sequence[int], k: int = 8) -> dict[int, np.ndarray]:
+    """For each channel, the rows of ``features`` (N, D) with the largest activation, largest first."""
+    f = np.asarray(features)
+    return {int(c): np.argsort(-f[:, c], kind="stable")[:k] for c in channels}
+
+
+def figure2(cfg: Mapping[str, Any], methods: str = "barlow,simclr,byol,swav", layer: str = "stem.0",
+            image: int = 0, channels: int = 4, top: int = 8) -> dict:
+    """Everything the filters chapter draws, for the runs ``methods`` of section 4's comparison
+    (``compare_methods`` entries, pretrained for ``compare_epochs``; loaded when finished):
+    each backbone's ``layer`` filters beside the same layer at initialisation (one scale for
+    all), the maps of test image number ``image`` after each stage of the first run, and for the
+    first two runs the pool images that most activate their ``channels`` most selective
+    last-stage channels."""
+    from . import config as config_mod
+    from .experiments.table1 import compare_cfg, labels
+    from .features import frozen_features
+    from .pretrain import load_data, pretrain
+    try:
+        runs_wanted = config_mod.table1_runs(methods)
+    except ValueError as exc:
+        raise config_mod.ConfigError(f"filter_methods={methods!r} is not allowed: {config_mod.TABLE1.allowed} "
+                                     f"({exc} is not)") from None
+    for name, value, low in (("filter_image", image, 0), ("filter_channels", channels, 1), ("top", top, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low}")
+    split = load_data(cfg, False)
+    test = split.indices("test")
+    if image >= len(test):
+        raise config_mod.ConfigError(f"filter_image={image} is not allowed: a test image number from 0 to "
+                                     f"{len(test) - 1}")
+    keys = [m if b is None else f"{m}:{b}" for m, b in runs_wanted]
+    named = labels({"runs": {k: {"method": m, "backbone": b or cfg["backbone"]}
+                             for k, (m, b) in zip(keys, runs_wanted)}})
+    weights, nets, cfgs = {}, {}, {}
+    for key, (method, net_name) in zip(keys, runs_wanted):
+        c = compare_cfg(cfg, method, cfg["compare_epochs"], net_name)
+        path = Path(pretrain(c)["backbone"])
+        nets[key], ckpt = backbone(c, path, split)
+        cfgs[key] = (c, path, ckpt)
+        weights[named[key]] = layer_weights(nets[key], layer)
+    first = keys[0]
+    init, _ = backbone(cfgs[first][0], None, split)
+    weights = {f"initialisation ({named[first]}'s network)": layer_weights(init, layer), **weights}
+    shown = {k: shown_filters(w) for k, w in weights.items()}
+    scale = max(float(np.abs(v).max()) for v in shown.values())
+    c, path, ckpt = cfgs[first]
+    maps = stage_maps(nets[first], split.data.images[test[image]], ckpt["mean"], ckpt["std"]) \
+        if hasattr(nets[first], "layer4") else {}
+    pool = split.indices("unlabelled")
+    classes, labels_all = split.data.classes, split.data.labels
+    tops = {}
+    for key in keys[:2]:
+        c, path, _ = cfgs[key]
+        feats = np.asarray(frozen_features(c, path)[pool])
+        for ch, idx in top_activating(feats, selective_channels(feats, channels), top).items():
+            chosen = np.sort(pool[idx])  # sorted: a forward read of the memory map
+            order = np.argsort(np.argsort(pool[idx]))
+            imgs = split.data.images[chosen][order]
+            tops[f"{named[key]}\nchannel {ch}"] = (imgs, [classes[labels_all[i]][:10] for i in pool[idx]])
+    init_w = weights[next(iter(weights))]
+    return {"layer": layer, "scale": scale, "weights": weights,
+            "mosaics": {k: mosaic(v, scale=scale)[0] for k, v in shown.items()},
+            "norms": {k: filter_norms(w) for k, w in weights.items()},
+            "similarity": {k: float(np.mean(cosine_to(w, init_w))) for k, w in list(weights.items())[1:]},
+            "image": split.data.images[test[image]], "image_label": classes[labels_all[test[image]]],
+            "maps": maps, "maps_of": named[first], "top_images": tops}
+
+
+def cosine_to(weights: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per output filter, the cosine similarity of ``weights`` to ``reference`` (same shape):
+    1 for a filter that only changed its scale, near 0 for one unrelated to where it started."""
+    a = np.asarray(weights, dtype=np.float64).reshape(len(weights), -1)
+    b = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    if a.shape != b.shape:
+        raise LosslessError(f"filters of shape {a.shape} and {b.shape} cannot be compared")
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
