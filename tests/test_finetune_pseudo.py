@@ -285,3 +285,20 @@ def test_throttled_classifier_checkpoints_resume_exactly(tmp_path, monkeypatch):
         assert a["epoch"] == b["epoch"] == (2 if name == "best.pt" else 8) and a["best"] == b["best"], name
         for k in a["model"]:
             assert torch.equal(a["model"][k], b["model"][k]), (name, k)
+
+
+def test_frozen_probes_are_stored_once_per_backbone_and_labelled_set(tmp_path, monkeypatch):
+    import importlib
+    cl = importlib.import_module("lossless.experiments.claims")  # the package exports a function of that name
+    cfg = smoke(tmp_path)
+    path = Path(pretrain(cfg)["backbone"])
+    first = cl.frozen_probes(cfg, path)
+    assert 0 <= first["knn_probe"] <= 1 and 0 <= first["linear_probe"] <= 1
+    assert len(list((path.parent / "probes").glob("*.json"))) == 1
+
+    def recompute(*a):
+        raise AssertionError("computed again")
+    monkeypatch.setattr(cl, "_frozen_probes", recompute)
+    assert cl.frozen_probes(cfg, path) == first                  # read back, not recomputed
+    with pytest.raises(AssertionError, match="computed again"):  # another labelled set is another entry
+        cl.frozen_probes(smoke(tmp_path, seed=1), path)

@@ -33,8 +33,30 @@ from ..tables import interval, pm, significance
 METHODS = ("supervised", "knn_probe", "linear_probe", "barlow_finetune", "pseudo_global", "pseudo_balanced")
 
 
+# what picks the labelled set and test images (the data and the split), and how the probes run
+PROBE_KEYS = ("dataset", "data_root", "labels_per_class", "val_per_class", "seed", "num_classes", "synthetic_train",
+              "synthetic_test", "synthetic_classes", "synthetic_size", "synthetic_channels", "image_size", "knn_k",
+              "precision", "channels_last", "device")
+
+
 def frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
-    """k-NN and linear probe test accuracy of the frozen pretrained backbone on ``cfg``'s split."""
+    """k-NN and linear probe test accuracy of the frozen pretrained backbone on ``cfg``'s split.
+
+    Stored once beside the backbone (``probes/<hash>.json``, keyed by the backbone file and
+    what picks the labelled set), so the chapters that show the same probes read them."""
+    backbone_path = Path(backbone_path)
+    stat = backbone_path.stat()
+    key = {"backbone": str(backbone_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           **{k: cfg.get(k) for k in PROBE_KEYS}, "version": 1}
+    stored = backbone_path.parent / "probes" / f"{runs.config_hash(key)}.json"
+    if stored.is_file():
+        return runs.read_json(stored)
+    out = _frozen_probes(cfg, backbone_path)
+    runs.write_json(stored, out)
+    return out
+
+
+def _frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
     device = resolve_device(cfg["device"])
     amp = resolve_precision(cfg["precision"], device)
     split = load_data(cfg, False)
