@@ -48,3 +48,35 @@ def bench_table(path: str | Path) -> str:
         lines.append(f"| {r['model']} | {r['px']} | {r['precision']} | {r['pipeline']} | {r['img/s']:,.1f} | "
                      f"{r['GFLOP/img']:.3f} | {r['MFU (bf16 ceiling)']:.1%} | {r['vs authors'] or ''} |")
     return "\n".join(lines)
+
+
+STAGES = {"pretrain": "pretraining", "finetune-barlow": "fine-tuning (pretrained backbone)",
+          "finetune-random": "supervised only (random start)", "pseudo-global": "pseudo-label rounds (global)",
+          "pseudo-balanced": "pseudo-label rounds (balanced)"}
+
+
+def stage_times(root: str | Path) -> list[dict]:
+    """Training minutes by stage, summed over every run folder under ``root`` (``runs/``) whose
+    ``result.json`` records ``train_seconds`` (a pseudo-label run's rounds are its subfolders).
+    One row per stage (pretraining by method), largest first; it counts training loops only,
+    not evaluation, probes, scoring or frozen features."""
+    rows: dict[str, dict] = {}
+    for result in sorted(Path(root).glob("*/result.json")) + sorted(Path(root).glob("*/round*/result.json")):
+        try:
+            r = json.loads(result.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        seconds = r.get("train_seconds") if isinstance(r, dict) else None
+        if not isinstance(seconds, (int, float)):
+            continue
+        top = result.parent if result.parent.parent == Path(root) else result.parent.parent
+        prefix = top.name.rsplit("-", 1)[0]
+        if prefix.startswith("pretrain-"):
+            n = r.get("epochs")
+            stage = f"pretraining ({prefix[len('pretrain-'):]}, {n} epoch{'' if n == 1 else 's'})"
+        else:
+            stage = STAGES.get(prefix, prefix)
+        row = rows.setdefault(stage, {"stage": stage, "runs": 0, "minutes": 0.0})
+        row["runs"] += 1
+        row["minutes"] += seconds / 60
+    return sorted(rows.values(), key=lambda r: -r["minutes"])

@@ -14,3 +14,28 @@ def test_bench_table_lists_every_record(tmp_path):
     assert "bf16 400 GFLOP/s" in table
     rows = [line for line in table.splitlines() if line.startswith("| m |")]
     assert len(rows) == 2 and "1,234.5" in rows[0] and "25.0%" in rows[0] and rows[1].endswith("2.0x |")
+
+
+def test_stage_times_sum_training_seconds_by_stage(tmp_path):
+    from lossless import report
+
+    def run(name, seconds, **extra):
+        d = tmp_path / name
+        d.mkdir(parents=True)
+        (d / "result.json").write_text(json.dumps({"train_seconds": seconds, **extra}))
+    run("pretrain-barlow-aaa", 600, epochs=18)
+    run("pretrain-barlow-bbb", 120, epochs=3)
+    run("pretrain-byol-ccc", 180, epochs=3)
+    run("finetune-barlow-ddd", 30)
+    run("finetune-barlow-eee", 30)
+    run("pseudo-global-fff/round1", 60)
+    run("pseudo-global-fff/round2", 90)
+    (tmp_path / "pseudo-global-fff" / "result.json").write_text(json.dumps({"rounds": []}))  # no seconds
+    (tmp_path / "claims-ggg").mkdir()
+    (tmp_path / "claims-ggg" / "result.json").write_text("not json")                           # skipped
+    rows = {r["stage"]: (r["runs"], round(r["minutes"], 6)) for r in report.stage_times(tmp_path)}
+    assert rows == {"pretraining (barlow, 18 epochs)": (1, 10.0), "pretraining (barlow, 3 epochs)": (1, 2.0),
+                    "pretraining (byol, 3 epochs)": (1, 3.0), "fine-tuning (pretrained backbone)": (2, 1.0),
+                    "pseudo-label rounds (global)": (2, 2.5)}
+    minutes = [r["minutes"] for r in report.stage_times(tmp_path)]
+    assert minutes == sorted(minutes, reverse=True)             # largest first
