@@ -14,7 +14,8 @@ so combining models never runs a network. The combining functions read an (N, C)
 model a chunk of rows at a time, and keep O(N) numbers: for the paper's 512,000 x 800 pool a
 model's matrix is a memory-mapped file, never a second copy in memory.
 
-- ``predict(probs, weights)``: the weighted mean of the models' probabilities, its argmax;
+- ``predict(probs, weights)``: the weighted mean of the models' probabilities, its top class
+  (``top1``: ranked as a classifier's own scoring ranks it);
   equal weights are the plain average.
 - ``vote(probs)``: the majority of the models' predictions; a tie goes to the tied class with the
   largest summed probability.
@@ -101,6 +102,19 @@ def _write_probabilities(path: Path, model, images, prepare, device, amp, n_clas
 
 
 # ------------------------------------------------------------------ combining
+def top1(probs: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """Each row's predicted class, ranked as ``evaluate.score`` ranks a classifier's outputs
+    (``torch.topk``): bf16 logits tie often (50 to 100 of 10,000 Fashion-MNIST test images
+    have two equal top probabilities), and another tie-break (numpy's argmax) would score a
+    stored model differently from its own run."""
+    n = len(probs)
+    out = np.empty(n, dtype=np.int64)
+    for start in range(0, n, chunk):
+        p = torch.from_numpy(np.array(probs[start:start + chunk], dtype=np.float32))  # a copy: memmaps are read-only
+        out[start:start + len(p)] = p.topk(min(2, p.shape[1]), dim=1).indices[:, 0].numpy()
+    return out
+
+
 def _check(probs: Sequence[np.ndarray]) -> tuple[int, int]:
     if not probs:
         raise LosslessError("an ensemble needs at least one model's outputs")
@@ -132,7 +146,7 @@ def predict(probs: Sequence[np.ndarray], weights: Sequence[float] | None = None,
     n, _ = _check(probs)
     out = np.empty(n, dtype=np.int64)
     for start, mix in mixture_chunks(probs, weights, chunk):
-        out[start:start + len(mix)] = mix.argmax(1)
+        out[start:start + len(mix)] = top1(mix)
     return out
 
 
@@ -157,7 +171,7 @@ def vote(probs: Sequence[np.ndarray], chunk: int = CHUNK) -> np.ndarray:
         rows = np.arange(len(parts[0]))
         votes = np.zeros((len(rows), c), dtype=np.int64)
         for p in parts:
-            np.add.at(votes, (rows, p.argmax(1)), 1)
+            np.add.at(votes, (rows, top1(p)), 1)
         total = sum(parts)
         top = votes == votes.max(1, keepdims=True)
         out[start:start + len(rows)] = np.where(top, total, -np.inf).argmax(1)

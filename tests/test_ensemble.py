@@ -200,11 +200,10 @@ def test_ensembles_experiment_stores_outputs_and_never_reads_test_labels_to_choo
             probs = np.load(Path(run) / "probs-test.npy")
             assert probs.dtype == np.float32 and probs.shape[1] == 10
             assert np.allclose(probs.sum(1), 1, atol=1e-5)
-            # the stored outputs score as the run itself did, up to exact ties of the top two
-            # classes (bf16 logits of a barely trained model tie; argmax and topk break ties apart)
+            # the stored outputs score exactly as the run itself did, ties of bf16 logits included
             top2 = np.sort(probs, 1)[:, -2:]
-            ties = int(np.sum(top2[:, 0] == top2[:, 1]))
-            assert abs(r["single_test"][key] - stored["test_accuracy"]) <= ties / len(probs) + 1e-12
+            assert np.sum(top2[:, 0] == top2[:, 1]) > 0          # there are ties to break alike
+            assert r["single_test"][key] == stored["test_accuracy"]
         assert r["ensembles"]["average"]["weights"] == pytest.approx([1 / 3] * 3)
         assert r["ensembles"]["paper"]["weights"] == [0.5, 0.25, 0.25]
         assert sum(r["ensembles"]["weighted"]["weights"]) == pytest.approx(1)

@@ -102,8 +102,8 @@ def ensembles(cfg: Mapping[str, Any], seeds: int = 5) -> dict:
             val[key], test[key] = probs["val"], probs["test"]
         yv, yt = split.labels("val"), split.labels("test")
         combos = combine(val, yv, test, cfg["ensemble_step"])
-        single_val = {k: float(np.mean(v.argmax(1) == yv)) for k, v in val.items()}
-        single_test = {k: float(np.mean(np.asarray(v).argmax(1) == yt)) for k, v in test.items()}
+        single_val = {k: float(np.mean(ens.top1(v) == yv)) for k, v in val.items()}
+        single_test = {k: float(np.mean(ens.top1(v) == yt)) for k, v in test.items()}
         best = max(wanted, key=lambda k: (single_val[k], k == reference))
         per_seed.append({
             "seed": s, "runs": {k: str(Path(compared["runs"][k]["seeds"][s]["finetune_run"])) for k in wanted},
@@ -112,7 +112,7 @@ def ensembles(cfg: Mapping[str, Any], seeds: int = 5) -> dict:
                                  "val_accuracy": float(np.mean(c["val_predictions"] == yv)),
                                  "test_accuracy": float(np.mean(c["test_predictions"] == yt))}
                           for kind, c in combos.items()},
-            "overlap": {part: overlap({k: np.asarray(p[k]).argmax(1) for k in wanted}, y,
+            "overlap": {part: overlap({k: ens.top1(p[k]) for k in wanted}, y,
                                       combos["average"][f"{part}_predictions"], reference)
                         for part, p, y in (("val", val, yv), ("test", test, yt))}})
     kinds = [k for k in KINDS if all(k in r["ensembles"] for r in per_seed)]
@@ -228,7 +228,7 @@ def flip_examples(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: int =
     split = load_data(base, False)
     probs = {k: np.load(Path(run) / "probs-test.npy", mmap_mode="r") for k, run in r["runs"].items()}
     models = list(probs)
-    pred = {k: np.asarray(p).argmax(1) for k, p in probs.items()}
+    pred = {k: ens.top1(p) for k, p in probs.items()}
     weights = r["ensembles"][kind]["weights"]
     mixed = ens.vote([probs[k] for k in models]) if kind == "vote" else ens.predict([probs[k] for k in models],
                                                                                   weights)
