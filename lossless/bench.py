@@ -8,6 +8,9 @@ One run measures, on this machine and in this process:
   LARS) for the paper's ResNet-34 at 96 px (layer4 stride 2, the paper's text, and stride 1, the
   authors' code), ResNet-18 at 96 px, and the ``cpu`` profile's backbone, in fp32 and in
   bf16 + channels_last;
+* the ``cpu`` profile's step on the path it takes today against the path before the two CPU
+  fast paths (``kernels.Conv2d``'s GEMM weight gradient, one pass for both views), in turns
+  in one process: ``step_paths`` in the JSON;
 * the same ResNet-34 driven the way the authors' scripts drive it: per-image PIL transforms in
   DataLoader worker processes, fp32, no channels_last: the baseline of ``speedup_vs_authors``.
 
@@ -17,6 +20,7 @@ counted by ``torch.utils.flop_counter`` on one real step (forward and backward, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -29,7 +33,9 @@ import numpy as np
 import torch
 
 from . import config as config_mod
+from . import kernels
 from .augment import Augmenter, barlow_twins_views
+from .methods import common as methods_common
 from .methods.barlow import BarlowTwins
 from .models import build_backbone
 from .optim import build_optimizer
@@ -103,14 +109,10 @@ def measure_engine_step(model: dict, precision: str, device: torch.device, batch
     return measure_task_step(task, size, channels, precision, device, batch_size, steps, warmup, compile)
 
 
-def measure_task_step(task: torch.nn.Module, size: int, channels: int, precision: str, device: torch.device,
-                      batch_size: int, steps: int, warmup: int = 1, compile: bool = False) -> dict:
-    """Source images per second of one training step of any method's task, as the engine runs
-    it: views made on the device, forward and loss under autocast, backward, LARS, and the
-    task's ``after_step`` (BYOL's moving average, SwAV's renormalisation) when it has one."""
+def _step_function(task: torch.nn.Module, images: torch.Tensor, precision: str, device: torch.device,
+                   compile: bool = False):
+    """One training step of ``task`` on ``images`` as the engine runs it (a closure to time)."""
     opt = build_optimizer("lars", task, 0.1, 1e-6)
-    images = torch.randint(0, 256, (batch_size, size, size, channels), dtype=torch.uint8)
-    flops = step_flops(task, images[: min(8, batch_size)].to(device), device)
     amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     runner = torch.compile(task) if compile else task
     g = torch.Generator(device=device).manual_seed(1)
@@ -127,6 +129,17 @@ def measure_task_step(task: torch.nn.Module, size: int, channels: int, precision
         if hasattr(task, "after_step"):
             task.after_step(1, 1000)
 
+    return step
+
+
+def measure_task_step(task: torch.nn.Module, size: int, channels: int, precision: str, device: torch.device,
+                      batch_size: int, steps: int, warmup: int = 1, compile: bool = False) -> dict:
+    """Source images per second of one training step of any method's task, as the engine runs
+    it: views made on the device, forward and loss under autocast, backward, LARS, and the
+    task's ``after_step`` (BYOL's moving average, SwAV's renormalisation) when it has one."""
+    images = torch.randint(0, 256, (batch_size, size, size, channels), dtype=torch.uint8)
+    flops = step_flops(task, images[: min(8, batch_size)].to(device), device)
+    step = _step_function(task, images, precision, device, compile)
     for _ in range(warmup):
         step()
     _sync(device)
@@ -139,6 +152,49 @@ def measure_task_step(task: torch.nn.Module, size: int, channels: int, precision
     sec = statistics.median(times)
     return {"img_per_s": batch_size / sec, "step_seconds": sec, "flops_per_img": flops,
             "batch_size": batch_size, "steps_timed": steps}
+
+
+@contextlib.contextmanager
+def step_path(name: str):
+    """``"lossless"``: the package's step as the engine runs it. ``"before"``: the same step with
+    the two CPU fast paths off (the stock oneDNN weight gradient for every convolution, one
+    pass per view), the path the cpu profile's figures came from before them."""
+    before = (kernels.GEMM_MAX_PIXELS, methods_common.SHARE_PASS)
+    if name == "before":
+        kernels.GEMM_MAX_PIXELS, methods_common.SHARE_PASS = 0, False
+    try:
+        yield
+    finally:
+        kernels.GEMM_MAX_PIXELS, methods_common.SHARE_PASS = before
+
+
+def compare_step_paths(model: dict, precision: str, device: torch.device, batch_size: int, rounds: int) -> dict:
+    """Images per second of the ``before`` and ``lossless`` paths of one task, measured in turns
+    (a step of each per round, after one warm-up step each) so that both see the same
+    machine: on a shared virtual machine a neighbour's load moves single figures by 30%.
+    Reports the median and the best step of each and their ratios."""
+    size, channels = model["resolution"], model["channels"]
+    torch.manual_seed(0)
+    task = _task(model, channels, size, device, precision != "fp32")
+    images = torch.randint(0, 256, (batch_size, size, size, channels), dtype=torch.uint8)
+    step = _step_function(task, images, precision, device)
+
+    times: dict[str, list[float]] = {"before": [], "lossless": []}
+    for r in range(rounds + 1):
+        for name in times:
+            with step_path(name):
+                _sync(device)
+                t = time.perf_counter()
+                step()
+                _sync(device)
+                if r:
+                    times[name].append(time.perf_counter() - t)
+    out = {"batch_size": batch_size, "rounds": rounds}
+    for name, ts in times.items():
+        out[name] = {"img_per_s_median": batch_size / statistics.median(ts), "img_per_s_best": batch_size / min(ts)}
+    out["speedup_median"] = out["lossless"]["img_per_s_median"] / out["before"]["img_per_s_median"]
+    out["speedup_best"] = out["lossless"]["img_per_s_best"] / out["before"]["img_per_s_best"]
+    return out
 
 
 # ------------------------------------------------------------------------- the authors' pipeline
@@ -269,11 +325,19 @@ def run_train_bench(device_name: str = "auto", out: str | None = None, quick: bo
             for rec in records:
                 if rec["model"] == model["name"] and rec["pipeline"].startswith("lossless"):
                     rec["speedup_vs_authors"] = rec["img_per_s"] / base["img_per_s"]
+    paths = []
+    for model in chosen:
+        if model["resolution"] <= 32:  # the cpu profile's step: today's path against the one before
+            r = compare_step_paths(model, "bf16", device, 256 if on_cpu else 2048, 6 if quick else 20)
+            paths.append({"model": model["name"], "precision": "bf16+channels_last", **r})
+            print(f"{model['name']:<44} before {r['before']['img_per_s_median']:7.0f} img/s, now "
+                  f"{r['lossless']['img_per_s_median']:7.0f} img/s (median of {r['rounds']} steps each, in turns): "
+                  f"{r['speedup_median']:.2f}x (best steps: {r['speedup_best']:.2f}x)", file=sys.stderr)
     result = {
         "benchmark": "train", "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cpu": cpu_name(mark_amx=True), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "ceiling_bf16_flops": ceiling_bf16, "ceiling_fp32_flops": ceiling_fp32, "ceilings": ceilings,
-        "records": records,
+        "records": records, "step_paths": paths,
     }
     path = Path(out or f"benchmarks/results/train-{device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,16 +12,61 @@ takes grayscale, so the same family runs on 28-px Fashion-MNIST on a laptop CPU.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
+from .kernels import Conv2d
+
 FEATURE_DIM = 512
+
+# How many views a batch holds, stacked along dim 0 (set by ``per_view_statistics``).
+_VIEWS = 1
+
+
+@contextlib.contextmanager
+def per_view_statistics(views: int) -> Iterator[None]:
+    """Inside, a training-mode batch norm of this module normalises each of ``views`` equal
+    chunks of its batch with that chunk's own statistics (and updates its running averages
+    once per chunk, in order), exactly as if each view went through the network alone. So
+    the views of a self-supervised step can share one pass (batch-512 convolutions instead of
+    two batch-256 ones, faster on a CPU) without changing what the method computes."""
+    global _VIEWS
+    before, _VIEWS = _VIEWS, views
+    try:
+        yield
+    finally:
+        _VIEWS = before
+
+
+class _PerViewNorm:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _VIEWS == 1 or not (self.training or self.running_mean is None):
+            return super().forward(x)
+        if x.shape[0] % _VIEWS:
+            raise ValueError(f"a batch of {x.shape[0]} does not split into {_VIEWS} equal views")
+        return torch.cat([super(_PerViewNorm, self).forward(c) for c in x.chunk(_VIEWS)])
+
+
+class BatchNorm2d(_PerViewNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same parameters and state dict) that honours ``per_view_statistics``."""
+
+
+class BatchNorm1d(_PerViewNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` (same parameters and state dict) that honours ``per_view_statistics``."""
+
+
+def per_view_ready(*modules: nn.Module) -> bool:
+    """Whether every batch norm in ``modules`` splits its statistics by view (not, for example,
+    after DDP has made them synchronised ones)."""
+    norms = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return all(isinstance(m, _PerViewNorm) for m in norms)
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+    return Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
 
 
 class BasicBlock(nn.Module):
@@ -29,14 +74,14 @@ class BasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
-        self.conv1, self.bn1 = conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
-        self.conv2, self.bn2 = conv3x3(cout, cout), nn.BatchNorm2d(cout)
+        self.conv1, self.bn1 = conv3x3(cin, cout, stride), BatchNorm2d(cout)
+        self.conv2, self.bn2 = conv3x3(cout, cout), BatchNorm2d(cout)
         nn.init.zeros_(self.bn2.weight)  # each residual branch starts as the identity
         self.relu = nn.ReLU(inplace=True)
         self.downsample = None
         if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                            nn.BatchNorm2d(cout))
+            self.downsample = nn.Sequential(Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                            BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -52,7 +97,7 @@ class ResNet(nn.Module):
         super().__init__()
         widths = [max(8, int(round(c * width))) for c in (64, 128, 256, 512)]
         pool = nn.MaxPool2d(3, stride=2, padding=1) if maxpool else nn.Identity()
-        self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), nn.BatchNorm2d(widths[0]),
+        self.stem = nn.Sequential(conv3x3(in_channels, widths[0]), BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True), pool)
         stages, cin = [], widths[0]
         for i, (n, cout) in enumerate(zip(layers, widths)):
@@ -91,7 +136,7 @@ class VGG16(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             else:
                 cout = max(8, int(round(v * width)))
-                layers += [conv3x3(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                layers += [conv3x3(cin, cout), BatchNorm2d(cout), nn.ReLU(inplace=True)]
                 cin = cout
         self.features = nn.Sequential(*layers)
         side = image_size // 16
@@ -131,7 +176,7 @@ class BarlowTwinsProjector(nn.Sequential):
         dims = [in_dim, *sizes]
         layers: list[nn.Module] = []
         for a, b in zip(dims[:-2], dims[1:-1]):
-            layers += [nn.Linear(a, b, bias=bias), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(a, b, bias=bias), BatchNorm1d(b), nn.ReLU(inplace=True)]
         layers.append(nn.Linear(dims[-2], dims[-1], bias=bias))
         super().__init__(*layers)
         self.out_dim = dims[-1]

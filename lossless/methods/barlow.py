@@ -65,7 +65,7 @@ class BarlowTwins(ViewTask):
         self.augmenter, self.lambd, self.scale = augmenter, lambd, scale
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z1, z2 = self.embed(views[0]), self.embed(views[1])
+        z1, z2 = self.embed_views(views)
         with torch.autocast(z1.device.type, enabled=False):
             z1, z2 = z1.float(), z2.float()
             n = z1.shape[0] * distributed.info().world_size

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import Augmenter
-from .common import ViewTask
+from .common import ViewTask, embed_views
 from ..models import projection_head
 
 
@@ -65,10 +65,9 @@ class BYOL(ViewTask):
         self.register_buffer("tau", torch.tensor(base_momentum, dtype=torch.float64))
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        q1, q2 = self.predictor(self.embed(views[0])), self.predictor(self.embed(views[1]))
+        q1, q2 = (self.predictor(z) for z in self.embed_views(views))
         with torch.no_grad():
-            t1 = self.target_projector(self.target_backbone(views[0]))
-            t2 = self.target_projector(self.target_backbone(views[1]))
+            t1, t2 = embed_views(self.target_backbone, self.target_projector, views)
         with torch.autocast(q1.device.type, enabled=False):
             loss = byol_loss(q1, t2) + byol_loss(q2, t1)
         return {"loss": loss, "tau": self.tau.detach().float()}

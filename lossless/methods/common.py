@@ -2,8 +2,25 @@
 engine without gradient), and an embedding is the projector applied to the backbone's features."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from torch import nn
+
+from ..models import per_view_ready, per_view_statistics
+
+SHARE_PASS = True  # False: one pass per view always (the path before this; ``lossless bench train`` compares)
+
+
+def embed_views(backbone: nn.Module, projector: nn.Module, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``projector(backbone(v))`` for each view. Views of one shape share one pass, with each
+    view's own batch-norm statistics (``models.per_view_statistics``): the same numbers as
+    separate passes, in fewer and larger operations. Views of different shapes (multi-crop)
+    and synchronised batch norms (DDP) take one pass per view."""
+    if SHARE_PASS and len(views) > 1 and len({tuple(v.shape) for v in views}) == 1 and per_view_ready(backbone, projector):
+        with per_view_statistics(len(views)):
+            return list(projector(backbone(torch.cat(list(views)))).chunk(len(views)))
+    return [projector(backbone(v)) for v in views]
 
 
 class ViewTask(nn.Module):
@@ -14,3 +31,6 @@ class ViewTask(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.projector(self.backbone(x))
+
+    def embed_views(self, views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return embed_views(self.backbone, self.projector, views)

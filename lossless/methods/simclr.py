@@ -58,7 +58,7 @@ class SimCLR(ViewTask):
         self.augmenter, self.temperature = augmenter, temperature
 
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z1, z2 = self.embed(views[0]), self.embed(views[1])
+        z1, z2 = self.embed_views(views)
         with torch.autocast(z1.device.type, enabled=False):
             loss = nt_xent(z1, z2, self.temperature)
             cos = F.cosine_similarity(z1.float(), z2.float(), dim=1).mean()

@@ -90,7 +90,7 @@ class SwAV(ViewTask):
         return grad * 0 if int(self.steps_done) < self.freeze_steps else grad
 
     def forward(self, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        z = [F.normalize(self.embed(v).float(), dim=1) for v in views]
+        z = [F.normalize(e.float(), dim=1) for e in self.embed_views(views)]
         with torch.autocast(z[0].device.type, enabled=False):
             scores = [self.prototypes(zv) for zv in z]
             codes = []
