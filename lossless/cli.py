@@ -125,7 +125,7 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         return {"models": r["models"], "summary": r["summary"], "minus_best_single": en.difference_rows(r),
                 "overlap_val": en.overlap_rows(r, "val"), "bounds": en.bound_rows(r)}
     from .experiments import claims
-    r = claims(cfg, seeds=5 if args.seeds is None else args.seeds)
+    r = claims(cfg, seeds=5 if args.seeds is None else args.seeds, all_rules=args.all_rules)
     return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
 
 
@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("name", choices=["claims", "active", "table1", "ensembles"])
     ex.add_argument("--seeds", type=int, default=None,
                     help="seeds (default: 5 for claims, table1 and ensembles, 10 for active)")
+    ex.add_argument("--all-rules", action="store_true",
+                    help="claims: also the threshold and gradual pseudo-label rules and the two controls")
     _profile_args(ex)
     ex.set_defaults(func=cmd_experiment)
 

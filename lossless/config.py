@@ -295,8 +295,17 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
     # --- pseudo-labelling (paper section 3.5) ---
     "pl_rounds": ("3,3,3", "percent of the unlabelled pool added per round (authors' code: 3,2,1)",
         PERCENTAGES),
-    "pl_rule": ("global", "global (the paper: top p% of the pool) | balanced (the same number per predicted class)",
-        choice("global", "balanced")),
+    "pl_rule": ("global", "global (the paper: top p% of the pool) | balanced (the same number per predicted class) "
+                "| threshold (confidence >= pl_threshold, each class at most pl_class_cap of the picks) | gradual "
+                "(global, each round split in pl_substeps smaller rounds, the same epochs in all) | none (the "
+                "control: the same rounds of training, no pseudo-labels)",
+        choice("global", "balanced", "threshold", "gradual", "none")),
+    "pl_threshold": (0.95, "threshold rule: the lowest confidence an image may be picked at",
+        UNIT_INTERVAL_OPEN),
+    "pl_class_cap": (0.2, "threshold rule: the largest share of a round's picks one predicted class may take",
+        UNIT_INTERVAL_OPEN_CLOSED),
+    "pl_substeps": (3, "gradual rule: rounds each configured round is split into",
+        POSITIVE_INT),
     "pl_epochs": (15, "training epochs per round",
         POSITIVE_INT),
     "pl_batch_size": (128, "batch of the rounds' training",

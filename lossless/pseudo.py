@@ -7,13 +7,21 @@ Adam (lr 1e-4, weight decay 1e-5), ReduceLROnPlateau on validation accuracy (fac
 paper, 0.2 in the authors' code, patience 3), 15 epochs, the fine-tuning augmentation. The paper
 runs 3 rounds of 3%; the authors' code 3%, 2%, 1%.
 
-Two selection rules:
+Selection rules (``pl_rule``):
 
 * ``global``: the exact top p% of the whole pool by confidence (the paper). The authors' code
   kept only the 150 most confident of every batch of 512 before sorting, a memory-saving
   heuristic; scoring keeps three numbers per image here, so the exact top is affordable.
 * ``balanced``: the same number of images from each predicted class (p% of the pool divided by
   the number of classes), the most confident within each class.
+* ``threshold``: the most confident images at or above ``pl_threshold``, at most p% of the
+  pool in all and at most ``pl_class_cap`` of those from one predicted class (FixMatch-style
+  confidence, with a cap so that easy classes cannot fill the round).
+* ``gradual``: the global rule in more, smaller rounds: each round of p% becomes
+  ``pl_substeps`` rounds of p / pl_substeps %, each trained for pl_epochs / pl_substeps epochs
+  (rounded up), so the picks and the training add up to about the same.
+* ``none``: the control. The same rounds, epochs and optimiser on the labelled images alone:
+  whatever the rounds gain without pseudo-labels is the extra training's, not the labels'.
 """
 from __future__ import annotations
 
@@ -35,6 +43,7 @@ from .pretrain import load_data, run_keys
 
 PSEUDO_KEYS = ("pl_rounds", "pl_rule", "pl_epochs", "pl_batch_size", "pl_lr", "pl_weight_decay",
                "pl_plateau_factor", "pl_patience")
+RULE_KEYS = {"threshold": ("pl_threshold", "pl_class_cap"), "gradual": ("pl_substeps",)}  # only theirs
 
 
 def select_global(confidence: np.ndarray, k: int) -> np.ndarray:
@@ -65,8 +74,52 @@ def select_balanced(confidence: np.ndarray, prediction: np.ndarray, k: int, num_
     return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
 
 
+def select_threshold(confidence: np.ndarray, prediction: np.ndarray, k: int, threshold: float,
+                     class_cap: float) -> np.ndarray:
+    """The most confident positions with ``confidence >= threshold``, at most ``k`` in all and at
+    most ``max(1, floor(class_cap * k))`` of one predicted class (ties: the earlier position)."""
+    c, pred = np.asarray(confidence), np.asarray(prediction)
+    quota = max(1, int(class_cap * k))
+    order = np.lexsort((np.arange(len(c)), -c))  # most confident first, then by position
+    order = order[c[order] >= threshold]
+    taken = np.zeros(int(pred.max()) + 1 if len(pred) else 0, dtype=np.int64)
+    chosen = []
+    for i in order:
+        if len(chosen) == k:
+            break
+        if taken[pred[i]] < quota:
+            taken[pred[i]] += 1
+            chosen.append(i)
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def schedule(cfg: Mapping[str, Any]) -> list[tuple[float, int]]:
+    """The rounds as (percent of the initial pool, epochs): ``pl_rounds`` x ``pl_epochs``, or for
+    the gradual rule each round split into ``pl_substeps`` smaller ones."""
+    rounds = config_mod.percentages(cfg["pl_rounds"])  # checked by config.validate
+    if cfg["pl_rule"] != "gradual":
+        return [(p, cfg["pl_epochs"]) for p in rounds]
+    n = cfg["pl_substeps"]
+    return [(p / n, -(-cfg["pl_epochs"] // n)) for p in rounds for _ in range(n)]
+
+
+def select(cfg: Mapping[str, Any], scores, k: int, num_classes: int) -> np.ndarray:
+    """Positions in the scored pool that round's rule picks."""
+    rule = cfg["pl_rule"]
+    if rule in ("global", "gradual"):
+        return select_global(scores.confidence, k)
+    if rule == "balanced":
+        return select_balanced(scores.confidence, scores.prediction, k, num_classes)
+    if rule == "threshold":
+        return select_threshold(scores.confidence, scores.prediction, k, cfg["pl_threshold"], cfg["pl_class_cap"])
+    if rule == "none":
+        return np.empty(0, dtype=np.int64)
+    raise LosslessError(f"pl_rule={rule!r}: choose global, balanced, threshold, gradual or none")
+
+
 def pseudo_dir(cfg: Mapping[str, Any], start: str) -> Path:
-    keys = {k: cfg.get(k) for k in set(run_keys(cfg)) | set(FINETUNE_KEYS) | set(PSEUDO_KEYS)}
+    keys = {k: cfg.get(k) for k in set(run_keys(cfg)) | set(FINETUNE_KEYS) | set(PSEUDO_KEYS)
+            | set(RULE_KEYS.get(cfg["pl_rule"], ()))}
     keys["start"] = start
     return runs.run_dir(cfg, f"pseudo-{cfg['pl_rule']}", keys)
 
@@ -96,14 +149,13 @@ def pseudo_label(cfg: Mapping[str, Any], start: dict | None = None, pretrained: 
 
 def _pseudo_rounds(cfg: Mapping[str, Any], start: dict, stage: Path, split: data_mod.Split, device, amp) -> dict:
     data = split.data
-    rounds = config_mod.percentages(cfg["pl_rounds"])  # checked by config.validate
     pool = split.unlabelled.copy()
     initial_pool = len(pool)
     pseudo_idx = np.empty(0, dtype=np.int64)
     pseudo_lab = np.empty(0, dtype=np.int64)
     checkpoint = Path(start["classifier"])
     history = [{"round": 0, "val_accuracy": start["val_accuracy"], "test_accuracy": start.get("test_accuracy")}]
-    for r, percent in enumerate(rounds, 1):
+    for r, (percent, epochs) in enumerate(schedule(cfg), 1):
         rdir = stage / f"round{r}"
         rdir.mkdir(parents=True, exist_ok=True)
         sel_file = rdir / "selection.npz"
@@ -117,13 +169,7 @@ def _pseudo_rounds(cfg: Mapping[str, Any], start: dict, stage: Path, split: data
                                     f"pseudo-labelled); use fewer rounds or smaller percentages (pl_rounds)")
             model = load_classifier(cfg, split, checkpoint, device, amp)
             s = score(model, data.images[pool], model.augmenter.plain, device, amp)
-            k = int(round(percent / 100 * initial_pool))
-            if cfg["pl_rule"] == "global":
-                pos = select_global(s.confidence, k)
-            elif cfg["pl_rule"] == "balanced":
-                pos = select_balanced(s.confidence, s.prediction, k, data.num_classes)
-            else:
-                raise LosslessError(f"pl_rule={cfg['pl_rule']!r}: choose global or balanced")
+            pos = select(cfg, s, int(round(percent / 100 * initial_pool)), data.num_classes)
             new_idx, new_lab = pool[pos], s.prediction[pos]
             stats = selection_stats(new_lab, data.labels[new_idx], s.confidence[pos], data.num_classes)
             stats.update(percent=percent, pool_before=int(len(pool)))
@@ -133,7 +179,7 @@ def _pseudo_rounds(cfg: Mapping[str, Any], start: dict, stage: Path, split: data
         pseudo_idx = np.concatenate([pseudo_idx, new_idx])
         pseudo_lab = np.concatenate([pseudo_lab, new_lab])
         result = runs.find_result(rdir) or _train_round(cfg, split, checkpoint, rdir, pseudo_idx, pseudo_lab,
-                                                        device, amp, stats)
+                                                        device, amp, stats, epochs)
         checkpoint = Path(result["classifier"])
         history.append({"round": r, "val_accuracy": result["val_accuracy"],
                         "test_accuracy": result.get("test_accuracy"), **stats, "pool_after": int(len(pool))})
@@ -146,7 +192,7 @@ def _pseudo_rounds(cfg: Mapping[str, Any], start: dict, stage: Path, split: data
 
 
 def _train_round(cfg, split: data_mod.Split, checkpoint: Path, rdir: Path, pseudo_idx: np.ndarray,
-                 pseudo_lab: np.ndarray, device, amp, stats: dict) -> dict:
+                 pseudo_lab: np.ndarray, device, amp, stats: dict, epochs: int) -> dict:
     data = split.data
     model = load_classifier(cfg, split, checkpoint, device, amp)
     labels = np.full(len(data.labels), -1, dtype=np.int64)
@@ -158,7 +204,7 @@ def _train_round(cfg, split: data_mod.Split, checkpoint: Path, rdir: Path, pseud
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg["pl_lr"], weight_decay=cfg["pl_weight_decay"])
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=cfg["pl_plateau_factor"],
                                                          patience=cfg["pl_patience"])
-    engine = Engine(rdir, EngineSettings(epochs=cfg["pl_epochs"], precision=cfg["precision"],
+    engine = Engine(rdir, EngineSettings(epochs=epochs, precision=cfg["precision"],
                                          channels_last=cfg["channels_last"], seed=cfg["seed"],
                                          progress=bool(cfg["progress"]), desc=f"pseudo {rdir.name}", lr_hint="pl_lr",
                                          best_metric="val_loss", best_mode="min",

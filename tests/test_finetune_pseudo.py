@@ -13,7 +13,7 @@ from lossless.errors import LosslessError
 from lossless.evaluate import calibration, paired_difference, score
 from lossless.finetune import finetune
 from lossless.pretrain import pretrain
-from lossless.pseudo import pseudo_label, select_balanced, select_global
+from lossless.pseudo import pseudo_label, schedule, select_balanced, select_global, select_threshold
 
 
 def smoke(tmp_path, **kw):
@@ -60,6 +60,43 @@ def test_balanced_quota_respects_per_class_limits():
     for c in range(4):                                              # the most confident within the class
         members = np.flatnonzero(pred == c)
         assert set(chosen[pred[chosen] == c]) == set(members[np.argsort(-conf[members])[:50]])
+
+
+def test_threshold_rule_against_a_brute_force_pick():
+    rng = np.random.default_rng(2)
+    conf = np.round(rng.random(600), 2)                             # many ties
+    pred = rng.choice(3, size=600, p=[0.8, 0.15, 0.05])
+    for k, thr, cap in ((100, 0.5, 0.5), (50, 0.9, 0.2), (400, 0.3, 1.0), (10, 0.99, 0.34)):
+        quota, taken, brute = max(1, int(cap * k)), {0: 0, 1: 0, 2: 0}, []
+        for i in sorted(range(600), key=lambda i: (-conf[i], i)):  # most confident first, then position
+            if conf[i] >= thr and len(brute) < k and taken[pred[i]] < quota:
+                taken[pred[i]] += 1
+                brute.append(i)
+        got = select_threshold(conf, pred, k, thr, cap)
+        assert np.array_equal(got, np.sort(brute)), (k, thr, cap)
+        assert (conf[got] >= thr).all() and len(got) <= k
+        assert np.bincount(pred[got], minlength=3).max() <= quota
+
+
+def test_gradual_rule_splits_rounds_and_epochs(tmp_path):
+    cfg = smoke(tmp_path, pl_rule="gradual", pl_rounds="3,6", pl_epochs=5, pl_substeps=3)
+    assert schedule(cfg) == [(1.0, 2)] * 3 + [(2.0, 2)] * 3
+    assert schedule(smoke(tmp_path, pl_rounds="3,6", pl_epochs=5)) == [(3.0, 5), (6.0, 5)]
+    with pytest.raises(LosslessError, match="pl_rule='greedy' is not allowed"):
+        smoke(tmp_path, pl_rule="greedy")
+
+
+def test_control_rule_trains_the_same_rounds_without_pseudo_labels(tmp_path):
+    cfg = smoke(tmp_path, pl_rounds="5,5", pl_rule="none")
+    pretrain(cfg)
+    result = pseudo_label(cfg)
+    stage = Path(result["run"])
+    for r in (1, 2):
+        assert len(np.load(stage / f"round{r}" / "selection.npz")["index"]) == 0
+        assert runs.read_json(stage / f"round{r}" / "result.json")["train_images"] == 100   # labelled only
+    assert len(result["rounds"]) == 3 and result["rounds"][2]["pool_after"] == 1700
+    # the other rules' run folders are not this one's (the rule is part of the key)
+    assert Path(pseudo_label(smoke(tmp_path, pl_rounds="5,5"))["run"]) != stage
 
 
 SCRIPT = """
@@ -302,3 +339,75 @@ def test_frozen_probes_are_stored_once_per_backbone_and_labelled_set(tmp_path, m
     assert cl.frozen_probes(cfg, path) == first                  # read back, not recomputed
     with pytest.raises(AssertionError, match="computed again"):  # another labelled set is another entry
         cl.frozen_probes(smoke(tmp_path, seed=1), path)
+
+
+def naive_weighted_knn(bank, bank_y, queries, k, temperature=0.07):
+    """Cosine similarity to every bank row, the k most similar vote with exp(sim / T)."""
+    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    out = []
+    for row in q @ b.T:
+        top = np.argsort(-row, kind="stable")[:k]
+        votes = {}
+        for i in top:
+            votes[bank_y[i]] = votes.get(bank_y[i], 0.0) + np.exp(row[i] / temperature)
+        out.append(max(votes, key=votes.get))
+    return np.array(out)
+
+
+def test_pixel_baselines_choose_their_settings_on_validation(tmp_path, monkeypatch):
+    import importlib
+    from lossless import data
+    from lossless.probes import PIXEL_K_GRID
+    cl = importlib.import_module("lossless.experiments.claims")
+    cfg = smoke(tmp_path)
+    split = data.load_split(cfg)
+    got = cl.pixel_baselines(cfg)
+
+    def flat(name):
+        return split.images(name).reshape(len(split.indices(name)), -1).astype(np.float64) / 255
+
+    lab, val, test = flat("labelled"), flat("val"), flat("test")
+    mean, std = lab.mean(0), lab.std(0)
+    std[std < 1e-6] = 1
+    z = [(a - mean) / std for a in (lab, val, test)]
+    yl, yv, yt = split.labels("labelled"), split.labels("val"), split.labels("test")
+    val_acc = {k: float((naive_weighted_knn(z[0], yl, z[1], k) == yv).mean()) for k in PIXEL_K_GRID}
+    assert got["grid"]["knn_val"] == pytest.approx({str(k): v for k, v in val_acc.items()})
+    best = max(val_acc, key=val_acc.get)
+    assert got["knn_k"] == best
+    assert got["knn_test"] == pytest.approx(float((naive_weighted_knn(z[0], yl, z[2], best) == yt).mean()))
+    lin = got["grid"]["linear_val"]
+    assert got["linear_c"] == float(max(lin, key=lin.get)) and got["linear_val"] == max(lin.values())
+    assert 0 <= got["linear_probe_test"] <= 1
+
+    def recompute(*a):
+        raise AssertionError("computed again")
+    monkeypatch.setattr(cl, "pixel_probes", recompute)
+    assert cl.pixel_baselines(cfg) == got                        # read back from its run folder
+    with pytest.raises(AssertionError, match="computed again"):  # another labelled set, another entry
+        cl.pixel_baselines(smoke(tmp_path, seed=1))
+
+
+def test_claims_with_all_rules_and_controls(tmp_path):
+    import importlib
+    cl = importlib.import_module("lossless.experiments.claims")
+    cfg = smoke(tmp_path, pl_rounds="5,5")
+    r = cl.claims(cfg, seeds=2, budgets=(10,), budget_seeds=1, all_rules=True)
+    assert list(r["summary"]) == list(cl.methods(True))
+    for s in r["seeds"]:
+        assert all(x.get("selected") in (None, 0) for x in s["pseudo_none_rounds"])       # no pseudo-label
+        start = s["supervised_pseudo_global_rounds"][0]
+        assert start["test_accuracy"] == s["supervised"]          # the control starts from the scratch model
+        assert len(s["pseudo_gradual_rounds"]) == 1 + 2 * 3       # each round in pl_substeps smaller ones
+        assert s["pseudo_global_rounds"][0]["test_accuracy"] == s["barlow_finetune"]
+    d = r["paired_differences"]
+    gains = [(s["pseudo_global"] - s["barlow_finetune"]) - (s["supervised_pseudo_global"] - s["supervised"])
+             for s in r["seeds"]]
+    assert d["parts_interact (gain on pretrained - gain on scratch)"]["mean"] == pytest.approx(np.mean(gains))
+    assert r["strongest_baseline"] == max(cl.BASELINES, key=lambda m: r["summary"][m]["mean"])
+    key = f"pretraining_helps (barlow_finetune - {r['strongest_baseline']})"
+    assert d[key]["mean"] == pytest.approx(np.mean([s["barlow_finetune"] - s[r["strongest_baseline"]]
+                                                    for s in r["seeds"]]))
+    rows = cl.difference_rows(r)
+    assert all(not row["claim"].startswith(("pretraining_helps", "pseudo_labels", "extra_", "parts_")) for row in rows)

@@ -1,8 +1,12 @@
 """The experiment that tests the paper's claim (sections 3.4, 3.5, 5), over seeds.
 
-For each seed (which picks the labelled set): the supervised-only baseline, a k-NN probe and a
-linear probe on frozen Barlow Twins features, Barlow Twins + fine-tuning, and + pseudo-labels
-with each selection rule. Pretraining uses no labels, so one run (the configuration's own
+For each seed (which picks the labelled set): three baselines that use no pretraining (k-NN
+and logistic regression on raw pixels, their setting chosen on validation, and the network
+trained from scratch), a k-NN probe and a linear probe on frozen Barlow Twins features,
+Barlow Twins + fine-tuning, and + pseudo-labels with the global and balanced rules; with
+``all_rules`` also the threshold and gradual rules and two controls (the rounds' training
+without pseudo-labels; the rounds on the supervised-only classifier). "Pretraining helps" is
+tested against the strongest baseline by mean. Pretraining uses no labels, so one run (the configuration's own
 seed) serves every seed; its images are the labelled + unlabelled images of that seed's split,
 so for other seeds some of their validation images (never a label, never a test image) were
 among the pretraining images. Reported: mean +- std per method and, for "pretraining helps"
@@ -26,11 +30,15 @@ from ..engine import resolve_device, resolve_precision
 from ..evaluate import mean_std, paired_difference
 from ..finetune import finetune, load_backbone
 from ..pretrain import backbone_for, load_data, pretrain
-from ..probes import embed, knn_accuracy, linear_probe_accuracy
+from ..probes import PIXEL_C_GRID, PIXEL_K_GRID, embed, knn_accuracy, linear_probe_accuracy, pixel_probes
 from ..pseudo import pseudo_label
 from ..tables import interval, pm, significance
 
-METHODS = ("supervised", "knn_probe", "linear_probe", "barlow_finetune", "pseudo_global", "pseudo_balanced")
+METHODS = ("pixel_knn", "pixel_linear", "supervised", "knn_probe", "linear_probe", "barlow_finetune",
+           "pseudo_global", "pseudo_balanced")
+# what a user could do with the same labels and no pretraining: claim A is tested against the strongest
+BASELINES = ("pixel_knn", "pixel_linear", "supervised")
+RULES = ("global", "balanced", "threshold", "gradual")  # pseudo.py's selection rules (and "none", the control)
 
 
 # what picks the labelled set and test images (the data and the split), and how the probes run
@@ -71,48 +79,97 @@ def _frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
             "linear_probe": linear_probe_accuracy(bank, yb, test, yt)}
 
 
-def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: bool = True) -> dict:
-    c = config_mod.load_profile(cfg["profile"], {k: v for k, v in cfg.items() if k != "profile"}, seed=seed)
+def pixel_baselines(cfg: Mapping[str, Any]) -> dict:
+    """``probes.pixel_probes`` on ``cfg``'s split, stored in a run folder of its own (stage
+    ``pixels``) keyed by what picks the split and the two grids."""
+    keys = {**{k: cfg.get(k) for k in PROBE_KEYS if k not in ("precision", "channels_last", "device", "knn_k")},
+            "c_grid": list(PIXEL_C_GRID), "k_grid": list(PIXEL_K_GRID), "version": 1}
+    stored = runs.run_dir(cfg, "pixels", keys) / "result.json"
+    if stored.is_file():
+        return runs.read_json(stored)
+    out = pixel_probes(load_data(cfg, False))
+    runs.write_json(stored, out)
+    return out
+
+
+def _with(c: Mapping[str, Any], **kw) -> config_mod.Config:
+    return config_mod.load_profile(c["profile"], {k: v for k, v in c.items() if k != "profile"}, **kw)
+
+
+def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: bool = True,
+             all_rules: bool = False) -> dict:
+    """Every method on seed ``seed``'s labelled set. ``all_rules``: besides the global and the
+    balanced rule, the threshold and gradual rules and the two controls (``pseudo_none``: the
+    rounds' training without pseudo-labels; ``supervised_pseudo_global``: the global rule's
+    rounds started from the supervised-only classifier)."""
+    c = _with(cfg, seed=seed)
     out = {"seed": seed}
-    out["supervised"] = finetune(c, "random")["test_accuracy"]
+    pixels = pixel_baselines(c)
+    out["pixel_knn"], out["pixel_linear"] = pixels["knn_test"], pixels["linear_probe_test"]
+    out["pixel_settings"] = {"k": pixels["knn_k"], "C": pixels["linear_c"]}
+    supervised = finetune(c, "random")
+    out["supervised"] = supervised["test_accuracy"]
     start = finetune(c, "barlow", backbone_path)
     out["barlow_finetune"] = start["test_accuracy"]
     out.update(frozen_probes(c, backbone_path))
     if pseudo:
-        for rule in ("global", "balanced"):
-            p = pseudo_label(config_mod.load_profile(c["profile"], {k: v for k, v in c.items() if k != "profile"},
-                                                     pl_rule=rule), start, backbone_path)
+        for rule in (RULES + ("none",)) if all_rules else RULES[:2]:
+            p = pseudo_label(_with(c, pl_rule=rule), start, backbone_path)
             out[f"pseudo_{rule}"] = p["test_accuracy"]
             out[f"pseudo_{rule}_rounds"] = p["rounds"]
+        if all_rules:
+            p = pseudo_label(_with(c, pl_rule="global"), supervised, backbone_path)
+            out["supervised_pseudo_global"] = p["test_accuracy"]
+            out["supervised_pseudo_global_rounds"] = p["rounds"]
     return out
 
 
+def methods(all_rules: bool) -> tuple[str, ...]:
+    """The methods a claims run reports, in table order."""
+    extra = ("pseudo_threshold", "pseudo_gradual", "pseudo_none", "supervised_pseudo_global") if all_rules else ()
+    return METHODS + extra
+
+
+def paired(per_seed: list[dict], a: str, b: str) -> dict:
+    return paired_difference([r[a] for r in per_seed], [r[b] for r in per_seed])
+
+
 def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (10, 32, 100),
-           budget_seeds: int = 3) -> dict:
-    """Run (or load) everything; write and return the summary."""
+           budget_seeds: int = 3, all_rules: bool = False) -> dict:
+    """Run (or load) everything; write and return the summary. ``all_rules``: see ``one_seed``."""
     for name, value, low in (("seeds", seeds, 2), ("budget_seeds", budget_seeds, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low} "
                                          f"(seeds of the claim experiment; a paired interval needs two)")
     if not budgets or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in budgets):
         raise config_mod.ConfigError(f"budgets={budgets!r} is not allowed: labels per class as integers >= 1")
+    if not isinstance(all_rules, bool):
+        raise config_mod.ConfigError(f"all_rules={all_rules!r} is not allowed: true or false")
     config_mod.validate(cfg)
     base = pretrain(cfg)
     backbone_path = Path(base["backbone"])
     per_seed = []
     for s in range(seeds):
         print(f"lossless experiment: seed {s + 1}/{seeds}", file=sys.stderr)
-        per_seed.append(one_seed(cfg, s, backbone_path))
-    summary = {m: mean_std([r[m] for r in per_seed]) for m in METHODS}
-    best_rule = max(("pseudo_global", "pseudo_balanced"), key=lambda m: summary[m]["mean"])
+        per_seed.append(one_seed(cfg, s, backbone_path, all_rules=all_rules))
+    summary = {m: mean_std([r[m] for r in per_seed]) for m in methods(all_rules)}
+    rules = [m for m in summary if m.startswith("pseudo_") and m != "pseudo_none"]
+    best_rule = max(rules, key=lambda m: summary[m]["mean"])
+    strongest = max(BASELINES, key=lambda m: summary[m]["mean"])
     diffs = {
-        "pretraining_helps (barlow_finetune - supervised)":
-            paired_difference([r["barlow_finetune"] for r in per_seed], [r["supervised"] for r in per_seed]),
-        "pseudo_labels_help (pseudo_global - barlow_finetune)":
-            paired_difference([r["pseudo_global"] for r in per_seed], [r["barlow_finetune"] for r in per_seed]),
-        "pseudo_labels_help (pseudo_balanced - barlow_finetune)":
-            paired_difference([r["pseudo_balanced"] for r in per_seed], [r["barlow_finetune"] for r in per_seed]),
+        f"pretraining_helps (barlow_finetune - {strongest})": paired(per_seed, "barlow_finetune", strongest),
+        "pretraining_helps (barlow_finetune - supervised)": paired(per_seed, "barlow_finetune", "supervised"),
+        **{f"pseudo_labels_help ({m} - barlow_finetune)": paired(per_seed, m, "barlow_finetune") for m in rules},
     }
+    if all_rules:
+        diffs["extra_training_alone (pseudo_none - barlow_finetune)"] = paired(per_seed, "pseudo_none", "barlow_finetune")
+        diffs["pseudo_labels_not_training (pseudo_global - pseudo_none)"] = paired(per_seed, "pseudo_global", "pseudo_none")
+        diffs["pseudo_labels_on_scratch (supervised_pseudo_global - supervised)"] = paired(
+            per_seed, "supervised_pseudo_global", "supervised")
+        # the paper's "greater than the sum of its parts": is the rounds' gain larger on the pretrained model?
+        diffs["parts_interact (gain on pretrained - gain on scratch)"] = paired_difference(
+            [r["pseudo_global"] - r["barlow_finetune"] for r in per_seed],
+            [r["supervised_pseudo_global"] - r["supervised"] for r in per_seed])
     curve = []
     for k in budgets:
         for s in range(budget_seeds):
@@ -121,10 +178,12 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
             curve.append({"labels_per_class": k, "seed": s, "supervised": finetune(c, "random")["test_accuracy"],
                           "barlow_finetune": finetune(c, "barlow", backbone_path)["test_accuracy"]})
     result = {"pretraining": {k: base.get(k) for k in ("run", "knn_test", "linear_probe_test", "train_seconds")},
-              "seeds": per_seed, "summary": summary, "best_pseudo_rule": best_rule, "paired_differences": diffs,
+              "seeds": per_seed, "summary": summary, "best_pseudo_rule": best_rule,
+              "strongest_baseline": strongest, "paired_differences": diffs, "all_rules": all_rules,
               "label_budget": curve}
     out = runs.run_dir(cfg, "claims", {"cfg": {k: v for k, v in cfg.items() if k not in ("progress",)},
-                                       "seeds": seeds, "budgets": list(budgets), "budget_seeds": budget_seeds})
+                                       "seeds": seeds, "budgets": list(budgets), "budget_seeds": budget_seeds,
+                                       **({"all_rules": True} if all_rules else {})})
     runs.write_json(out / "result.json", result)
     result["written_to"] = str(out / "result.json")
     return result
@@ -133,18 +192,40 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
 # The paper's figures (800 classes of NYU DL 2021, 32 labels per class, ResNet-34 pretrained for 1,000 epochs).
 PAPER = {"barlow_finetune": "43.46% val / 43.34% test", "pseudo_global": "47.66% val / 47.63% test"}
 PAPER_COLUMN = "paper (800 classes, another dataset)"
-LABELS = {"supervised": "supervised only (random init)", "knn_probe": "k-NN probe (frozen features)",
+LABELS = {"pixel_knn": "raw pixels, k-NN (k chosen on validation)",
+          "pixel_linear": "raw pixels, logistic regression (C chosen on validation)",
+          "supervised": "supervised only (random init)", "knn_probe": "k-NN probe (frozen features)",
           "linear_probe": "linear probe (frozen features)", "barlow_finetune": "Barlow Twins + fine-tune",
-          "pseudo_global": "+ pseudo-labels, global top p%", "pseudo_balanced": "+ pseudo-labels, class-balanced"}
+          "pseudo_global": "+ pseudo-labels, global top p%", "pseudo_balanced": "+ pseudo-labels, class-balanced",
+          "pseudo_threshold": "+ pseudo-labels, confidence threshold with a per-class cap",
+          "pseudo_gradual": "+ pseudo-labels, global in smaller rounds",
+          "pseudo_none": "control: the rounds' training without pseudo-labels",
+          "supervised_pseudo_global": "control: supervised only + pseudo-labels (global)"}
 CLAIMS = {"pretraining_helps (barlow_finetune - supervised)": "pretraining: Barlow Twins + fine-tune minus supervised only",
+          "pretraining_helps (barlow_finetune - pixel_linear)":
+              "pretraining: Barlow Twins + fine-tune minus logistic regression on pixels (the strongest baseline)",
+          "pretraining_helps (barlow_finetune - pixel_knn)":
+              "pretraining: Barlow Twins + fine-tune minus k-NN on pixels (the strongest baseline)",
           "pseudo_labels_help (pseudo_global - barlow_finetune)": "pseudo-labels, global rule, minus fine-tuned start",
-          "pseudo_labels_help (pseudo_balanced - barlow_finetune)": "pseudo-labels, class-balanced rule, minus fine-tuned start"}
+          "pseudo_labels_help (pseudo_balanced - barlow_finetune)": "pseudo-labels, class-balanced rule, minus fine-tuned start",
+          "pseudo_labels_help (pseudo_threshold - barlow_finetune)":
+              "pseudo-labels, threshold rule with a per-class cap, minus fine-tuned start",
+          "pseudo_labels_help (pseudo_gradual - barlow_finetune)":
+              "pseudo-labels, global rule in smaller rounds, minus fine-tuned start",
+          "extra_training_alone (pseudo_none - barlow_finetune)":
+              "control: the rounds' training without pseudo-labels, minus fine-tuned start",
+          "pseudo_labels_not_training (pseudo_global - pseudo_none)":
+              "pseudo-labels (global) minus the same training without them",
+          "pseudo_labels_on_scratch (supervised_pseudo_global - supervised)":
+              "pseudo-labels (global) on the supervised-only classifier, minus that classifier",
+          "parts_interact (gain on pretrained - gain on scratch)":
+              "the rounds' gain on the pretrained classifier minus their gain on the supervised-only one"}
 
 
 def summary_rows(result: Mapping[str, Any]) -> list[dict]:
     """One row per method: test accuracy mean ± sd over seeds, beside the paper's number."""
     rows = []
-    for m in METHODS:
+    for m in result["summary"]:
         s = result["summary"][m]
         rows.append({"method": LABELS[m], "test accuracy": pm(s), "seeds": s["n"], PAPER_COLUMN: PAPER.get(m)})
     return rows
