@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(func=cmd_finetune)
 
     pl = sub.add_parser("pseudo-label", help="pseudo-labelling rounds (section 3.5)")
-    pl.add_argument("--rule", default=None, choices=["global", "balanced"])
+    pl.add_argument("--rule", default=None, choices=["global", "balanced", "threshold", "gradual", "none"],
+                    help="selection rule (default: pl_rule); none is the control: the rounds without pseudo-labels")
     _profile_args(pl)
     pl.set_defaults(func=cmd_pseudo)
 
