@@ -104,7 +104,7 @@ def schedule(cfg: Mapping[str, Any]) -> list[tuple[float, int]]:
 
 
 def select(cfg: Mapping[str, Any], scores, k: int, num_classes: int) -> np.ndarray:
-    """Positions in the scored pool that round's rule picks."""
+    """Positions in the scored pool that round's rule picks (``none`` never scores the pool)."""
     rule = cfg["pl_rule"]
     if rule in ("global", "gradual"):
         return select_global(scores.confidence, k)
@@ -112,8 +112,6 @@ def select(cfg: Mapping[str, Any], scores, k: int, num_classes: int) -> np.ndarr
         return select_balanced(scores.confidence, scores.prediction, k, num_classes)
     if rule == "threshold":
         return select_threshold(scores.confidence, scores.prediction, k, cfg["pl_threshold"], cfg["pl_class_cap"])
-    if rule == "none":
-        return np.empty(0, dtype=np.int64)
     raise LosslessError(f"pl_rule={rule!r}: choose global, balanced, threshold, gradual or none")
 
 
@@ -167,11 +165,14 @@ def _pseudo_rounds(cfg: Mapping[str, Any], start: dict, stage: Path, split: data
             if len(pool) == 0:
                 raise LosslessError(f"round {r}: the unlabelled pool is empty (all {initial_pool} images were "
                                     f"pseudo-labelled); use fewer rounds or smaller percentages (pl_rounds)")
-            model = load_classifier(cfg, split, checkpoint, device, amp)
-            s = score(model, data.images[pool], model.augmenter.plain, device, amp)
-            pos = select(cfg, s, int(round(percent / 100 * initial_pool)), data.num_classes)
-            new_idx, new_lab = pool[pos], s.prediction[pos]
-            stats = selection_stats(new_lab, data.labels[new_idx], s.confidence[pos], data.num_classes)
+            if cfg["pl_rule"] == "none":  # the control picks nothing: no pass over the pool
+                new_idx = new_lab = conf = np.empty(0, dtype=np.int64)
+            else:
+                model = load_classifier(cfg, split, checkpoint, device, amp)
+                s = score(model, data.images[pool], model.augmenter.plain, device, amp)
+                pos = select(cfg, s, int(round(percent / 100 * initial_pool)), data.num_classes)
+                new_idx, new_lab, conf = pool[pos], s.prediction[pos], s.confidence[pos]
+            stats = selection_stats(new_lab, data.labels[new_idx], conf, data.num_classes)
             stats.update(percent=percent, pool_before=int(len(pool)))
             runs.write_json(rdir / "selection.json", stats)
             runs.write_npz(sel_file, index=new_idx, label=new_lab)
