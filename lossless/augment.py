@@ -38,6 +38,10 @@ class ViewConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
     interpolation: str = "bilinear"  # the authors used bicubic
+    # FixMatch's views (drawn only when used, so the other views' random draws stay as they were):
+    translate: float = 0.0  # a shift of up to this fraction of the side, each axis, after the crop
+    erase_p: float = 0.0    # cutout: a square of mid-grey (0.5) ...
+    erase_size: tuple[float, float] = (0.0, 0.5)  # ... whose side is this fraction of the image's
 
 
 def barlow_twins_views(size: int, crop_scale=(0.08, 1.0), blur_sigma=(0.1, 2.0),
@@ -70,6 +74,25 @@ def swav_views(size: int, crop_scale=(0.14, 1.0), blur_sigma=(0.1, 2.0), interpo
     small_size = small_size or max(8, round(size * 96 / 224))
     small = replace(large, size=small_size, crop_scale=tuple(small_scale))
     return (large, large) + (small,) * small_crops
+
+
+def fixmatch_views(size: int, translate: float = 0.125, crop_scale=(0.5, 1.0), blur_sigma=(0.1, 1.0),
+                   strength: float = 1.0) -> tuple[ViewConfig, ViewConfig]:
+    """FixMatch's weak and strong views (Sohn et al., 2020), built from this module's operations.
+
+    Weak: a horizontal flip and a shift of up to ``translate`` of the side (their 4 px of 32).
+    Strong: the weak view's flip and shift after a random resized crop, then colour jitter
+    (0.5, 0.5, 0.5, 0.1) x ``strength`` with p=0.8, blur p=0.2, solarisation p=0.2, and a
+    cutout of up to half the side, always (their RandAugment draws two of 14 operations; these
+    are the ones a batched affine grid and pointwise ops give, and the ones that mean something
+    on a 28 px grayscale garment: no rotation, shear, posterize or equalize)."""
+    weak = ViewConfig(size, (1.0, 1.0), (1.0, 1.0), flip_p=0.5, jitter_p=0.0, gray_p=0.0, blur_p=0.0,
+                      translate=translate)
+    j = tuple(strength * v for v in (0.5, 0.5, 0.5, 0.1))
+    strong = ViewConfig(size, tuple(crop_scale), flip_p=0.5, jitter=j, jitter_p=0.8, gray_p=0.0, blur_p=0.2,
+                        blur_sigma=tuple(blur_sigma), solarize_p=0.2, translate=translate, erase_p=1.0,
+                        erase_size=(0.0, 0.5))
+    return weak, strong
 
 
 def finetune_view(size: int, crop_scale=(0.08, 1.0), blur_sigma=(0.1, 2.0)) -> ViewConfig:
@@ -137,15 +160,20 @@ def sample_crop_boxes(n: int, height: int, width: int, scale=(0.08, 1.0), ratio=
 
 
 def resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None,
-                 mode: str = "bilinear") -> torch.Tensor:
+                 mode: str = "bilinear", shift: torch.Tensor | None = None) -> torch.Tensor:
     """Crop each image to its box (top, left, h, w) and resize to ``size`` x ``size`` in one
     ``grid_sample``; ``flip`` (bool per image) mirrors horizontally at no extra cost.
 
     Equals ``torchvision.transforms.functional.resized_crop(..., antialias=False)`` except on the
     outermost output pixels of an upsampled crop, where this reads the real neighbour pixel
-    outside the box instead of repeating the box's edge."""
+    outside the box instead of repeating the box's edge.
+
+    ``shift`` (B, 2): the output moved by (dy, dx) input pixels (after the crop; what leaves
+    the image is lost, what enters repeats the border pixels)."""
     b, _, height, width = x.shape
     top, left, h, w = boxes.to(x.dtype).unbind(1)
+    if shift is not None:  # the crop box moves the other way
+        top, left = top - shift[:, 0].to(x.dtype), left - shift[:, 1].to(x.dtype)
     sx, sy = w / width, h / height
     tx, ty = (2 * left + w) / width - 1, (2 * top + h) / height - 1
     if flip is not None:
@@ -267,6 +295,17 @@ def blur_kernel_size(sigma_max: float, image_size: int) -> int:
     return max(3, min(k, image_size - 1 if image_size % 2 == 0 else image_size - 2))
 
 
+def erase(x: torch.Tensor, boxes: torch.Tensor, value: float = 0.5) -> torch.Tensor:
+    """Cutout: fill each image's box (top, left, h, w in pixels, integers; clipped at the edges)
+    with ``value``, in place."""
+    _, _, height, width = x.shape
+    rows = torch.arange(height, device=x.device).view(1, -1, 1)
+    cols = torch.arange(width, device=x.device).view(1, 1, -1)
+    top, left, h, w = (t.view(-1, 1, 1) for t in boxes.unbind(1))
+    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+    return x.masked_fill_(inside.unsqueeze(1), value)
+
+
 def solarize(x: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
     """Invert pixels at or above ``threshold`` (PIL's solarize at 128 on uint8)."""
     return torch.where(x >= threshold, 1.0 - x, x)
@@ -289,7 +328,11 @@ def augment(x: torch.Tensor, view: ViewConfig, generator: torch.Generator | None
     n, dev = x.shape[0], x.device
     boxes = sample_crop_boxes(n, x.shape[2], x.shape[3], view.crop_scale, view.crop_ratio, generator, dev)
     flip = _bernoulli(view.flip_p, n, generator, dev)
-    x = resized_crop(x, boxes, view.size, flip, view.interpolation)
+    shift = None
+    if view.translate > 0:  # whole input pixels, each axis uniform in [-t, t] x the side
+        most = torch.tensor([view.translate * x.shape[2], view.translate * x.shape[3]], device=dev)
+        shift = torch.round((2 * torch.rand(n, 2, generator=generator, device=dev) - 1) * most)
+    x = resized_crop(x, boxes, view.size, flip, view.interpolation, shift)
 
     b, c, s, hue = view.jitter
     apply = _bernoulli(view.jitter_p, n, generator, dev)
@@ -314,6 +357,15 @@ def augment(x: torch.Tensor, view: ViewConfig, generator: torch.Generator | None
     sol = torch.nonzero(_bernoulli(view.solarize_p, n, generator, dev)).squeeze(1)
     if sol.numel():
         x[sol] = solarize(x[sol])
+
+    if view.erase_p > 0:
+        side = view.size
+        u = torch.rand(n, 4, generator=generator, device=dev)
+        k = torch.round((view.erase_size[0] + (view.erase_size[1] - view.erase_size[0]) * u[:, 0]) * side)
+        centre = torch.floor(u[:, 1:3] * side)  # the square is centred anywhere (cut at the edges)
+        top, left = centre[:, 0] - torch.div(k, 2, rounding_mode="floor"), centre[:, 1] - torch.div(k, 2, rounding_mode="floor")
+        k = torch.where(u[:, 3] < view.erase_p, k, torch.zeros_like(k))
+        x = erase(x, torch.stack([top, left, k, k], 1).long())
     return x
 
 

@@ -146,3 +146,48 @@ def test_augmenter_outputs_channels_last_normalised():
     plain = aug.plain(batch)
     assert torch.allclose(plain, (batch.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25)
     assert not torch.allclose(v1, v2)
+
+
+def test_shift_moves_pixels_and_repeats_the_border():
+    """An integer shift of the full-image crop at the same size equals indexing with clamped
+    coordinates (output pixel (r, c) shows input pixel (r - dy, c - dx))."""
+    x = torch.rand(6, 3, 20, 20, generator=torch.Generator().manual_seed(10))
+    boxes = torch.tensor([[0, 0, 20, 20]] * 6, dtype=torch.float32)
+    shift = torch.tensor([[2, -3], [0, 0], [-1, 4], [3, 3], [-2, -2], [0, 5]], dtype=torch.float32)
+    out = A.resized_crop(x, boxes, 20, mode="bilinear", shift=shift)
+    for i, (dy, dx) in enumerate(shift.int().tolist()):
+        rows = (torch.arange(20) - dy).clamp(0, 19)
+        cols = (torch.arange(20) - dx).clamp(0, 19)
+        assert torch.allclose(out[i], x[i][:, rows][:, :, cols], atol=ATOL), i
+
+
+def test_erase_fills_the_box_and_clips_at_edges():
+    x = torch.rand(3, 2, 9, 7, generator=torch.Generator().manual_seed(8))
+    boxes = torch.tensor([[1, 2, 3, 4], [-2, 5, 4, 4], [0, 0, 0, 0]])
+    out = A.erase(x.clone(), boxes, 0.5)
+    ref = x.clone()
+    for i, (t, l, h, w) in enumerate(boxes.tolist()):
+        for r in range(9):
+            for c in range(7):
+                if t <= r < t + h and l <= c < l + w:
+                    ref[i, :, r, c] = 0.5
+    assert torch.equal(out, ref)
+
+
+def test_fixmatch_views():
+    """Weak: the image flipped and shifted, no other change; strong: a cutout of mid-grey in every
+    image; both reproducible from the generator."""
+    x = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(9)) * 0.4  # no 0.5 pixel
+    weak, strong = A.fixmatch_views(28)
+    w = A.augment(x, weak, torch.Generator().manual_seed(1))
+    assert torch.equal(w, A.augment(x, weak, torch.Generator().manual_seed(1)))
+    # every weak view is some flip and integer shift of its image (within 1e-5), shifts up to 3 px
+    for i in range(0, 256, 37):
+        best = min((A.resized_crop(x[i:i + 1], torch.tensor([[0., 0, 28, 28]]), 28, torch.tensor([f]),
+                                   shift=torch.tensor([[dy, dx]], dtype=torch.float32)) - w[i]).abs().max().item()
+                   for f in (False, True) for dy in range(-3, 4) for dx in range(-3, 4))
+        assert best < ATOL, i
+    s = A.augment(x, strong, torch.Generator().manual_seed(2))
+    grey = (s == 0.5).flatten(1).sum(1)
+    assert (grey > 0).float().mean() > 0.9  # a square of side round(u * 14), u ~ U(0, 1): > 0 for 96%
+    assert grey.max() <= 14 * 14
