@@ -86,6 +86,13 @@ def cmd_finetune(args: argparse.Namespace) -> dict:
     return {k: v for k, v in r.items() if not k.endswith("_report")}
 
 
+def cmd_fixmatch(args: argparse.Namespace) -> dict:
+    from .fixmatch import fixmatch
+    cfg = _config(args)
+    cfg["progress"] = cfg["progress"] and not args.quiet
+    return {k: v for k, v in fixmatch(cfg).items() if not k.endswith("_report")}
+
+
 def cmd_pseudo(args: argparse.Namespace) -> dict:
     from .pseudo import pseudo_label
     cfg = _config(args, pl_rule=args.rule)
@@ -125,7 +132,8 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         return {"models": r["models"], "summary": r["summary"], "minus_best_single": en.difference_rows(r),
                 "overlap_val": en.overlap_rows(r, "val"), "bounds": en.bound_rows(r)}
     from .experiments import claims
-    r = claims(cfg, seeds=5 if args.seeds is None else args.seeds, all_rules=args.all_rules)
+    r = claims(cfg, seeds=5 if args.seeds is None else args.seeds, all_rules=args.all_rules,
+               fixmatch_seeds=args.fixmatch_seeds)
     return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
 
 
@@ -188,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_args(ft)
     ft.set_defaults(func=cmd_finetune)
 
+    fm = sub.add_parser("fixmatch", help="the FixMatch baseline (random init, labelled + unlabelled images); "
+                                         "resumes a stopped run")
+    _profile_args(fm)
+    fm.set_defaults(func=cmd_fixmatch)
+
     pl = sub.add_parser("pseudo-label", help="pseudo-labelling rounds (section 3.5)")
     pl.add_argument("--rule", default=None, choices=["global", "balanced", "threshold", "gradual", "none"],
                     help="selection rule (default: pl_rule); none is the control: the rounds without pseudo-labels")
@@ -206,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--seeds", type=int, default=None,
                     help="seeds (default: 5 for claims, table1 and ensembles, 10 for active)")
     ex.add_argument("--all-rules", action="store_true",
-                    help="claims: also the threshold and gradual pseudo-label rules and the two controls")
+                    help="claims: also the balanced, threshold and gradual pseudo-label rules and the "
+                         "supervised-only control")
+    ex.add_argument("--fixmatch-seeds", type=int, default=0,
+                    help="claims: FixMatch on the first N seeds (each about as long as pretraining)")
     _profile_args(ex)
     ex.set_defaults(func=cmd_experiment)
 

@@ -289,18 +289,19 @@ def _finetune_run(cfg: Mapping[str, Any], init: str, pretrained: Path | None, ru
     t0 = time.perf_counter()
     engine.fit(model, batches, optimizer, lambda g: cosine(g, total),
                evaluate=lambda epoch: validation_metrics(model, split, device, amp))
-    return finish_classifier(run, engine, model, split, device, amp,
+    return finish_classifier(run, engine.best_path, model, split, device, amp,
                              {"init": init, "pretrained": str(pretrained) if pretrained else None,
                               "extra_labels": 0 if extra is None else int(len(extra[0])),
                               "train_seconds": round(time.perf_counter() - t0, 1)})
 
 
-def finish_classifier(run: Path, engine: Engine, model: Classifier, split: data_mod.Split, device, amp,
+def finish_classifier(run: Path, checkpoint: Path, model: Classifier, split: data_mod.Split, device, amp,
                       extra: dict) -> dict:
-    """Load the best checkpoint, evaluate it on validation and test, write result.json."""
-    model.load_state_dict(runs.load_checkpoint(engine.best_path)["model"])
+    """Load the classifier ``checkpoint`` (the best one), evaluate it on validation and test,
+    write result.json."""
+    model.load_state_dict(runs.load_checkpoint(checkpoint)["model"])
     result = {"run": str(run), "seed": split.seed, "labels_per_class": split.labels_per_class,
-              "classifier": str(engine.best_path), **extra}
+              "classifier": str(checkpoint), **extra}
     for name in ("val", "test"):
         if len(split.indices(name)):
             s = score(model, split.images(name), model.augmenter.plain, device, amp)

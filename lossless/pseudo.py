@@ -213,7 +213,7 @@ def _train_round(cfg, split: data_mod.Split, checkpoint: Path, rdir: Path, pseud
     t0 = time.perf_counter()
     engine.fit(model, batches, optimizer, None, lambda e: validation_metrics(model, split, device, amp),
                epoch_scheduler=plateau, scheduler_metric="val_acc")
-    return finish_classifier(rdir, engine, model, split, device, amp,
+    return finish_classifier(rdir, engine.best_path, model, split, device, amp,
                              {"train_images": int(len(train)), "train_seconds": round(time.perf_counter() - t0, 1)})
 
 
