@@ -251,10 +251,13 @@ def seeds_and_budget(result: dict, labels: dict[str, str]):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.1, 1]})
     methods = list(result["summary"])[::-1]
     for i, m in enumerate(methods):
-        vals = [100 * r[m] for r in result["seeds"]]
+        vals = [100 * r[m] for r in result["seeds"] if m in r]  # FixMatch: its first seeds only
         a.scatter(vals, np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), s=14)
         a.vlines(np.mean(vals), i - 0.3, i + 0.3, color="black", lw=1.2)
-    a.set_yticks(range(len(methods)), [labels.get(m, m) for m in methods], fontsize=9)
+    n = len(result["seeds"])
+    a.set_yticks(range(len(methods)), [labels.get(m, m) + ("" if result["summary"][m]["n"] == n else
+                                                           f" ({result['summary'][m]['n']} seeds)")
+                                       for m in methods], fontsize=9)
     a.set_xlabel("test accuracy %")
     a.set_title(f"{len(result['seeds'])} seeds (a dot each; the bar is the mean)", fontsize=9)
     curve = result.get("label_budget") or []

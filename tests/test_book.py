@@ -154,7 +154,7 @@ def test_the_number_check_catches_a_typed_measurement(tmp_path):
 
 def test_papermill_injects_only_what_differs_from_the_chapter():
     results = ROOT / "book" / "results.md"
-    assert book.declared_defaults(results) == {"profile": "cpu", "seeds": 5, "all_rules": False}
+    assert book.declared_defaults(results) == {"profile": "cpu", "seeds": 5, "all_rules": False, "fixmatch_seeds": 0}
     assert book.injected(results, "cpu", {}) == {}                       # a default build: no injected cell
     assert book.injected(results, "cpu", {"seeds": 5, "all_rules": False}) == {}
     assert book.injected(results, "cpu", {"all_rules": True}) == {"all_rules": True}

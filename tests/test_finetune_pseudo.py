@@ -393,7 +393,7 @@ def test_claims_with_all_rules_and_controls(tmp_path):
     import importlib
     cl = importlib.import_module("lossless.experiments.claims")
     cfg = smoke(tmp_path, pl_rounds="5,5")
-    r = cl.claims(cfg, seeds=2, budgets=(10,), budget_seeds=1, all_rules=True)
+    r = cl.claims(cfg, seeds=2, budgets=(10,), budget_seeds=1, all_rules=True, tune_supervised=False)
     assert list(r["summary"]) == list(cl.methods(True))
     for s in r["seeds"]:
         assert all(x.get("selected") in (None, 0) for x in s["pseudo_none_rounds"])       # no pseudo-label
@@ -411,3 +411,39 @@ def test_claims_with_all_rules_and_controls(tmp_path):
                                                     for s in r["seeds"]]))
     rows = cl.difference_rows(r)
     assert all(not row["claim"].startswith(("pretraining_helps", "pseudo_labels", "extra_", "parts_")) for row in rows)
+
+
+def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path):
+    """The grid's choice is its best validation accuracy, and it is what every seed's supervised
+    baseline (and the budget curve's) trains with; FixMatch runs on the first seeds only and is
+    compared, paired, on those."""
+    import importlib
+    cl = importlib.import_module("lossless.experiments.claims")
+    cfg = smoke(tmp_path, pl_rounds="5", fm_epochs=1, fm_max_steps_per_epoch=2, fm_batch_size=8, fm_mu=2)
+    grid = {"sup_lr_backbone": (0.01, 0.05), "ft_weight_decay": (1e-5, 5e-4)}
+    g = cl.supervised_grid(cfg, grid)
+    assert len(g["rows"]) == 4 and sum(r["default"] for r in g["rows"]) == 1
+    best = max(g["rows"], key=lambda r: r["val_accuracy"])
+    assert g["rows"][[r["val_accuracy"] for r in g["rows"]].index(best["val_accuracy"])] is best
+    assert g["choice"] == {k: best[k] for k in grid}
+    for row in g["rows"]:
+        assert 1 <= row["best_epoch"] <= cfg["ft_epochs"]
+    with pytest.raises(config.ConfigError, match="grid"):
+        cl.supervised_grid(cfg, {"not_a_key": (1,)})
+
+    cl.SUP_GRID, saved = grid, cl.SUP_GRID
+    try:
+        r = cl.claims(cfg, seeds=3, budgets=(10,), budget_seeds=1, fixmatch_seeds=2)
+    finally:
+        cl.SUP_GRID = saved
+    assert r["supervised_grid"]["choice"] == g["choice"]
+    chosen = cl._with(cfg, **g["choice"])
+    for s in r["seeds"]:
+        assert s["supervised"] == finetune(cl._with(chosen, seed=s["seed"]), "random")["test_accuracy"]
+        assert ("fixmatch" in s) == (s["seed"] < 2)
+    assert r["summary"]["fixmatch"]["n"] == 2 and "pseudo_balanced" not in r["summary"]
+    d = r["paired_differences"]["against_fixmatch (barlow_finetune - fixmatch)"]
+    assert d["n"] == 2
+    assert d["mean"] == pytest.approx(np.mean([s["barlow_finetune"] - s["fixmatch"] for s in r["seeds"][:2]]))
+    with pytest.raises(config.ConfigError, match="fixmatch_seeds"):
+        cl.claims(cfg, seeds=2, fixmatch_seeds=3)

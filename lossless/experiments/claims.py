@@ -2,10 +2,11 @@
 
 For each seed (which picks the labelled set): three baselines that use no pretraining (k-NN
 and logistic regression on raw pixels, their setting chosen on validation, and the network
-trained from scratch), a k-NN probe and a linear probe on frozen Barlow Twins features,
-Barlow Twins + fine-tuning, + pseudo-labels with the global and balanced rules, and the
-control: the rounds' training without pseudo-labels; with ``all_rules`` also the threshold
-and gradual rules and the rounds started from the supervised-only classifier. "Pretraining helps" is
+trained from scratch, its setting chosen on validation from :data:`SUP_GRID`), a k-NN probe
+and a linear probe on frozen Barlow Twins features, Barlow Twins + fine-tuning, + pseudo-labels
+with the global rule, and the control: the rounds' training without pseudo-labels; with
+``all_rules`` also the balanced, threshold and gradual rules and the rounds started from the
+supervised-only classifier; with ``fixmatch_seeds`` FixMatch on the first seeds. "Pretraining helps" is
 tested against the strongest baseline by mean. Pretraining uses no labels, so one run (the configuration's own
 seed) serves every seed; its images are the labelled + unlabelled images of that seed's split,
 so for other seeds some of their validation images (never a label, never a test image) were
@@ -17,6 +18,7 @@ Every piece is a run folder of its own stage, so a stopped experiment resumes wh
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -29,15 +31,20 @@ from ..augment import Augmenter
 from ..engine import resolve_device, resolve_precision
 from ..evaluate import mean_std, paired_difference
 from ..finetune import finetune, load_backbone
+from ..fixmatch import fixmatch
 from ..pretrain import backbone_for, load_data, pretrain
 from ..probes import PIXEL_C_GRID, PIXEL_K_GRID, embed, knn_accuracy, linear_probe_accuracy, pixel_probes
 from ..pseudo import pseudo_label
 from ..tables import interval, pm, significance
 
 METHODS = ("pixel_knn", "pixel_linear", "supervised", "knn_probe", "linear_probe", "barlow_finetune",
-           "pseudo_global", "pseudo_balanced")
+           "pseudo_global")
 # what a user could do with the same labels and no pretraining: claim A is tested against the strongest
 BASELINES = ("pixel_knn", "pixel_linear", "supervised")
+# the supervised-only baseline's grid, each setting trained on the configuration's own seed and
+# judged by validation accuracy; the choice then trains every seed (epochs: the best checkpoint
+# by validation loss within ft_epochs)
+SUP_GRID = {"sup_lr_backbone": (0.02, 0.05, 0.1), "ft_weight_decay": (1e-5, 5e-4), "crop_scale_min": (0.2, 0.5)}
 RULES = ("global", "balanced", "threshold", "gradual")  # pseudo.py's selection rules (and "none", the control)
 
 
@@ -96,24 +103,56 @@ def _with(c: Mapping[str, Any], **kw) -> config_mod.Config:
     return config_mod.load_profile(c["profile"], {k: v for k, v in c.items() if k != "profile"}, **kw)
 
 
+def _best_epoch(run: Path) -> int | None:
+    """The epoch whose checkpoint a classifier run kept (the lowest validation loss)."""
+    history = runs.read_jsonl(Path(run) / "metrics.jsonl") if (Path(run) / "metrics.jsonl").is_file() else []
+    losses = [(r["val_loss"], r["epoch"]) for r in history if "val_loss" in r]
+    return min(losses)[1] if losses else None
+
+
+def supervised_grid(cfg: Mapping[str, Any], grid: Mapping[str, tuple] | None = None) -> dict:
+    """The supervised-only baseline tuned: every setting of ``grid`` (default :data:`SUP_GRID`)
+    trained from random weights on ``cfg``'s seed; the choice is the highest validation accuracy
+    (the first of equals, in grid order). Test accuracy is never looked at."""
+    grid = dict(SUP_GRID if grid is None else grid)
+    unknown = [k for k in grid if k not in config_mod.PARAMETERS]
+    if unknown or not grid or any(not v for v in grid.values()):
+        raise config_mod.ConfigError(f"supervised grid {grid!r}: give parameter names, each with one or more values")
+    rows = []
+    for values in itertools.product(*grid.values()):
+        setting = dict(zip(grid, values))
+        r = finetune(_with(cfg, **setting), "random")
+        rows.append({**setting, "val_accuracy": r["val_accuracy"], "best_epoch": _best_epoch(r["run"]),
+                     "default": all(cfg[k] == v for k, v in setting.items())})
+    best = max(range(len(rows)), key=lambda i: (rows[i]["val_accuracy"], -i))
+    return {"grid": {k: list(v) for k, v in grid.items()}, "rows": rows, "seed": cfg["seed"],
+            "choice": {k: rows[best][k] for k in grid}, "epochs": cfg["ft_epochs"]}
+
+
 def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: bool = True,
-             all_rules: bool = False) -> dict:
+             all_rules: bool = False, supervised_setting: Mapping[str, Any] | None = None,
+             with_fixmatch: bool = False) -> dict:
     """Every method on seed ``seed``'s labelled set, with the control ``pseudo_none`` (the rounds'
-    training without pseudo-labels). ``all_rules``: besides the global and the balanced rule,
-    the threshold and gradual rules and a second control (``supervised_pseudo_global``: the
-    global rule's rounds started from the supervised-only classifier)."""
+    training without pseudo-labels). ``supervised_setting``: the tuned supervised-only
+    baseline's parameters (``supervised_grid``'s choice). ``with_fixmatch``: FixMatch too.
+    ``all_rules``: besides the global rule, the balanced, threshold and gradual rules and a second
+    control (``supervised_pseudo_global``: the global rule's rounds started from the
+    supervised-only classifier)."""
     c = _with(cfg, seed=seed)
     out = {"seed": seed}
     pixels = pixel_baselines(c)
     out["pixel_knn"], out["pixel_linear"] = pixels["knn_test"], pixels["linear_probe_test"]
     out["pixel_settings"] = {"k": pixels["knn_k"], "C": pixels["linear_c"]}
-    supervised = finetune(c, "random")
+    supervised = finetune(_with(c, **(supervised_setting or {})), "random")
     out["supervised"] = supervised["test_accuracy"]
+    if with_fixmatch:
+        fm = fixmatch(c)
+        out["fixmatch"], out["fixmatch_seconds"] = fm["test_accuracy"], fm["train_seconds"]
     start = finetune(c, "barlow", backbone_path)
     out["barlow_finetune"] = start["test_accuracy"]
     out.update(frozen_probes(c, backbone_path))
     if pseudo:
-        for rule in (RULES if all_rules else RULES[:2]) + ("none",):
+        for rule in (RULES if all_rules else RULES[:1]) + ("none",):
             p = pseudo_label(_with(c, pl_rule=rule), start, backbone_path)
             out[f"pseudo_{rule}"] = p["test_accuracy"]
             out[f"pseudo_{rule}_rounds"] = p["rounds"]
@@ -124,23 +163,34 @@ def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: boo
     return out
 
 
-def methods(all_rules: bool) -> tuple[str, ...]:
+def methods(all_rules: bool, fixmatch: bool = False) -> tuple[str, ...]:
     """The methods a claims run reports, in table order."""
-    extra = ("pseudo_threshold", "pseudo_gradual", "supervised_pseudo_global") if all_rules else ()
-    return METHODS + ("pseudo_none",) + extra
+    extra = ("pseudo_balanced", "pseudo_threshold", "pseudo_gradual", "supervised_pseudo_global") if all_rules else ()
+    return METHODS + ("pseudo_none",) + extra + (("fixmatch",) if fixmatch else ())
 
 
 def paired(per_seed: list[dict], a: str, b: str) -> dict:
-    return paired_difference([r[a] for r in per_seed], [r[b] for r in per_seed])
+    """``a - b`` paired over the seeds that ran both (FixMatch runs on the first few)."""
+    both = [r for r in per_seed if a in r and b in r]
+    return paired_difference([r[a] for r in both], [r[b] for r in both])
 
 
 def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (10, 32, 100),
-           budget_seeds: int = 3, all_rules: bool = False) -> dict:
-    """Run (or load) everything; write and return the summary. ``all_rules``: see ``one_seed``."""
-    for name, value, low in (("seeds", seeds, 2), ("budget_seeds", budget_seeds, 1)):
+           budget_seeds: int = 3, all_rules: bool = False, fixmatch_seeds: int = 0,
+           tune_supervised: bool = True) -> dict:
+    """Run (or load) everything; write and return the summary. ``all_rules``: see ``one_seed``;
+    ``fixmatch_seeds``: FixMatch on the first that many seeds (0: not run; about as many CPU
+    minutes a seed as pretraining); ``tune_supervised``: the supervised-only baseline with
+    ``supervised_grid``'s choice (False: the configuration's own setting)."""
+    for name, value, low in (("seeds", seeds, 2), ("budget_seeds", budget_seeds, 1), ("fixmatch_seeds", fixmatch_seeds, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low} "
                                          f"(seeds of the claim experiment; a paired interval needs two)")
+    if fixmatch_seeds > seeds:
+        raise config_mod.ConfigError(f"fixmatch_seeds={fixmatch_seeds} is not allowed: at most seeds={seeds} "
+                                     f"(FixMatch runs on the first seeds of the experiment)")
+    if not isinstance(tune_supervised, bool):
+        raise config_mod.ConfigError(f"tune_supervised={tune_supervised!r} is not allowed: true or false")
     if not budgets or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in budgets):
         raise config_mod.ConfigError(f"budgets={budgets!r} is not allowed: labels per class as integers >= 1")
     if not isinstance(all_rules, bool):
@@ -148,11 +198,14 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
     config_mod.validate(cfg)
     base = pretrain(cfg)
     backbone_path = Path(base["backbone"])
+    grid = supervised_grid(cfg) if tune_supervised else None
+    setting = grid["choice"] if grid else {}
     per_seed = []
     for s in range(seeds):
         print(f"lossless experiment: seed {s + 1}/{seeds}", file=sys.stderr)
-        per_seed.append(one_seed(cfg, s, backbone_path, all_rules=all_rules))
-    summary = {m: mean_std([r[m] for r in per_seed]) for m in methods(all_rules)}
+        per_seed.append(one_seed(cfg, s, backbone_path, all_rules=all_rules, supervised_setting=setting,
+                                 with_fixmatch=s < fixmatch_seeds))
+    summary = {m: mean_std([r[m] for r in per_seed if m in r]) for m in methods(all_rules, fixmatch_seeds > 0)}
     rules = [m for m in summary if m.startswith("pseudo_") and m != "pseudo_none"]
     best_rule = max(rules, key=lambda m: summary[m]["mean"])
     strongest = max(BASELINES, key=lambda m: summary[m]["mean"])
@@ -161,6 +214,9 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
         "pretraining_helps (barlow_finetune - supervised)": paired(per_seed, "barlow_finetune", "supervised"),
         **{f"pseudo_labels_help ({m} - barlow_finetune)": paired(per_seed, m, "barlow_finetune") for m in rules},
     }
+    if fixmatch_seeds:  # on the seeds FixMatch ran: the paper's pipeline against it, each part and whole
+        diffs["against_fixmatch (barlow_finetune - fixmatch)"] = paired(per_seed, "barlow_finetune", "fixmatch")
+        diffs[f"against_fixmatch ({best_rule} - fixmatch)"] = paired(per_seed, best_rule, "fixmatch")
     diffs["extra_training_alone (pseudo_none - barlow_finetune)"] = paired(per_seed, "pseudo_none", "barlow_finetune")
     diffs["pseudo_labels_not_training (pseudo_global - pseudo_none)"] = paired(per_seed, "pseudo_global", "pseudo_none")
     if all_rules:
@@ -175,15 +231,19 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
         for s in range(budget_seeds):
             c = config_mod.load_profile(cfg["profile"], {kk: v for kk, v in cfg.items() if kk != "profile"},
                                         seed=s, labels_per_class=k)
-            curve.append({"labels_per_class": k, "seed": s, "supervised": finetune(c, "random")["test_accuracy"],
+            curve.append({"labels_per_class": k, "seed": s,
+                          "supervised": finetune(_with(c, **setting), "random")["test_accuracy"],
                           "barlow_finetune": finetune(c, "barlow", backbone_path)["test_accuracy"]})
     result = {"pretraining": {k: base.get(k) for k in ("run", "knn_test", "linear_probe_test", "train_seconds")},
               "seeds": per_seed, "summary": summary, "best_pseudo_rule": best_rule,
               "strongest_baseline": strongest, "paired_differences": diffs, "all_rules": all_rules,
-              "label_budget": curve}
+              "label_budget": curve, "supervised_grid": grid, "fixmatch_seeds": fixmatch_seeds}
     out = runs.run_dir(cfg, "claims", {"cfg": {k: v for k, v in cfg.items() if k not in ("progress",)},
                                        "seeds": seeds, "budgets": list(budgets), "budget_seeds": budget_seeds,
-                                       **({"all_rules": True} if all_rules else {})})
+                                       **({"all_rules": True} if all_rules else {}),
+                                       **({"fixmatch_seeds": fixmatch_seeds} if fixmatch_seeds else {}),
+                                       **({"sup_grid": {k: list(v) for k, v in SUP_GRID.items()}}
+                                          if tune_supervised else {})})
     runs.write_json(out / "result.json", result)
     result["written_to"] = str(out / "result.json")
     return result
@@ -194,13 +254,14 @@ PAPER = {"barlow_finetune": "43.46% val / 43.34% test", "pseudo_global": "47.66%
 PAPER_COLUMN = "paper (800 classes, another dataset)"
 LABELS = {"pixel_knn": "raw pixels, k-NN (k chosen on validation)",
           "pixel_linear": "raw pixels, logistic regression (C chosen on validation)",
-          "supervised": "supervised only (random init)", "knn_probe": "k-NN probe (frozen features)",
+          "supervised": "supervised only (random init, tuned on validation)", "knn_probe": "k-NN probe (frozen features)",
           "linear_probe": "linear probe (frozen features)", "barlow_finetune": "Barlow Twins + fine-tune",
           "pseudo_global": "+ pseudo-labels, global top p%", "pseudo_balanced": "+ pseudo-labels, class-balanced",
           "pseudo_threshold": "+ pseudo-labels, confidence threshold with a per-class cap",
           "pseudo_gradual": "+ pseudo-labels, global in smaller rounds",
           "pseudo_none": "control: the rounds' training without pseudo-labels",
-          "supervised_pseudo_global": "control: supervised only + pseudo-labels (global)"}
+          "supervised_pseudo_global": "control: supervised only + pseudo-labels (global)",
+          "fixmatch": "FixMatch (random init, labelled + unlabelled images)"}
 CLAIMS = {"pretraining_helps (barlow_finetune - supervised)": "pretraining: Barlow Twins + fine-tune minus supervised only",
           "pretraining_helps (barlow_finetune - pixel_linear)":
               "pretraining: Barlow Twins + fine-tune minus logistic regression on pixels (the strongest baseline)",
@@ -218,6 +279,8 @@ CLAIMS = {"pretraining_helps (barlow_finetune - supervised)": "pretraining: Barl
               "pseudo-labels (global) minus the same training without them",
           "pseudo_labels_on_scratch (supervised_pseudo_global - supervised)":
               "pseudo-labels (global) on the supervised-only classifier, minus that classifier",
+          "against_fixmatch (barlow_finetune - fixmatch)": "Barlow Twins + fine-tune minus FixMatch",
+          "against_fixmatch (pseudo_global - fixmatch)": "Barlow Twins + fine-tune + pseudo-labels (global) minus FixMatch",
           "parts_interact (gain on pretrained - gain on scratch)":
               "the rounds' gain on the pretrained classifier minus their gain on the supervised-only one"}
 
