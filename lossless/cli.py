@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -126,6 +127,14 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         return {"epochs": r["epochs"], "table1": t1.table1(r),
                 "barlow_minus_others": [row for m in ("finetune", "linear_probe", "knn_probe")
                                         for row in t1.best_rows(r, m)]}
+    if args.name == "screen":
+        from .experiments import screen as sc
+        r = sc.screen(cfg, seeds=2 if args.seeds is None else args.seeds, epochs=args.screen_epochs)
+        out = Path(args.out or f"benchmarks/results/screen-{cfg['profile']}.json")
+        from . import bench, runs as runs_mod
+        r["cpu"], r["time"] = bench.cpu_name(mark_amx=True), time.strftime("%Y-%m-%d %H:%M")
+        runs_mod.write_json(out, r)
+        return {"written_to": str(out), "best_by_validation": r["best_by_validation"], "rows": sc.rows(r)}
     if args.name == "ensembles":
         from .experiments import ensembles as en
         r = en.ensembles(cfg, seeds=5 if args.seeds is None else args.seeds)
@@ -214,10 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("experiment", help="an experiment over seeds: claims (sections 3.4, 3.5, 5), active "
                                            "(section 3.6: label-request rules against random), table1 "
                                            "(section 4: compare_methods for compare_epochs each) or ensembles "
-                                           "(section 4: ensemble_models combined; the overlap analysis)")
-    ex.add_argument("name", choices=["claims", "active", "table1", "ensembles"])
+                                           "(section 4: ensemble_models combined; the overlap analysis) or screen "
+                                           "(recipes for the backbone at one short budget)")
+    ex.add_argument("name", choices=["claims", "active", "table1", "ensembles", "screen"])
     ex.add_argument("--seeds", type=int, default=None,
-                    help="seeds (default: 5 for claims, table1 and ensembles, 10 for active)")
+                    help="seeds (default: 5 for claims, table1 and ensembles, 10 for active, 2 for screen)")
+    ex.add_argument("--screen-epochs", type=int, default=2,
+                    help="screen: pretraining epochs of every recipe (the same short budget for all)")
+    ex.add_argument("--out", default=None,
+                    help="screen: JSON path (default benchmarks/results/screen-<profile>.json)")
     ex.add_argument("--all-rules", action="store_true",
                     help="claims: also the balanced, threshold and gradual pseudo-label rules and the "
                          "supervised-only control")

@@ -323,3 +323,26 @@ def test_bench_compares_every_method_step_against_barlow_twins(tmp_path):
     assert r["records"][0]["vs_barlow"] == 1.0
     assert all(x["img_per_s"] > 0 and x["gflop_per_img"] > 0 for x in r["records"])
     assert runs.read_json(tmp_path / "m.json")["benchmark"] == "methods"
+
+
+def test_the_recipe_screen_summarises_its_runs_and_resumes(tmp_path, monkeypatch):
+    """Each recipe's summary is the mean of its runs, its difference from the reference is
+    paired seed by seed, the choice is by validation; a second call pretrains nothing."""
+    from lossless.experiments import screen as sc
+    cfg = smoke(tmp_path, "s")
+    recipes = {"base": ("the profile", {}), "lr": ("another rate", {"ssl_lr": 0.05})}
+    r = sc.screen(cfg, recipes, seeds=2, epochs=1)
+    for name, rs in r["runs"].items():
+        assert [x["seed"] for x in rs] == [0, 1]
+        for m in ("linear_val", "knn_test"):
+            assert r["summary"][name][m]["mean"] == pytest.approx(np.mean([x[m] for x in rs]))
+            d = r["summary"][name]["minus_reference"][m]
+            assert d["mean"] == pytest.approx(np.mean([a[m] - b[m] for a, b in zip(rs, r["runs"]["base"])]))
+    assert r["runs"]["base"][0]["run"] != r["runs"]["lr"][0]["run"] != r["runs"]["lr"][1]["run"]
+    assert r["best_by_validation"] == max(recipes, key=lambda n: r["summary"][n]["linear_val"]["mean"])
+    assert [row["recipe"] for row in sc.rows(r)] == ["base", "lr"]
+    import lossless.experiments.screen as mod
+    monkeypatch.setattr(mod, "probe_backbone", lambda *a: (_ for _ in ()).throw(AssertionError("probed again")))
+    assert sc.screen(cfg, recipes, seeds=2, epochs=1)["summary"] == r["summary"]
+    with pytest.raises(config.ConfigError, match="unknown"):
+        sc.screen(cfg, {"x": ("", {"no_such_key": 1})}, seeds=2, epochs=1)

@@ -72,6 +72,14 @@ def frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
 
 
 def _frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
+    out = probe_backbone(cfg, backbone_path, ("test",))
+    return {"knn_probe": out["knn_test"], "linear_probe": out["linear_test"]}
+
+
+def probe_backbone(cfg: Mapping[str, Any], backbone_path: Path, splits=("val", "test")) -> dict:
+    """k-NN (``knn_k`` neighbours) and linear probe of a frozen backbone: the labelled images'
+    features as the bank / training set, each of ``splits`` scored (``knn_<split>``,
+    ``linear_<split>``)."""
     device = resolve_device(cfg["device"])
     amp = resolve_precision(cfg["precision"], device)
     split = load_data(cfg, False)
@@ -79,11 +87,14 @@ def _frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
     ckpt = load_backbone(backbone_path, cfg, backbone)
     backbone = backbone.to(device)
     aug = Augmenter([], ckpt["mean"], ckpt["std"])
-    bank, test = embed(backbone, split.images("labelled"), aug, device, amp), embed(backbone, split.images("test"), aug, device, amp)
-    yb, yt = split.labels("labelled"), split.labels("test")
-    return {"knn_probe": knn_accuracy(bank, torch.from_numpy(yb), test, torch.from_numpy(yt), k=cfg["knn_k"],
-                                      num_classes=split.data.num_classes),
-            "linear_probe": linear_probe_accuracy(bank, yb, test, yt)}
+    bank, yb = embed(backbone, split.images("labelled"), aug, device, amp), split.labels("labelled")
+    out = {}
+    for name in splits:
+        feats, y = embed(backbone, split.images(name), aug, device, amp), split.labels(name)
+        out[f"knn_{name}"] = knn_accuracy(bank, torch.from_numpy(yb), feats, torch.from_numpy(y), k=cfg["knn_k"],
+                                          num_classes=split.data.num_classes)
+        out[f"linear_{name}"] = linear_probe_accuracy(bank, yb, feats, y)
+    return out
 
 
 def pixel_baselines(cfg: Mapping[str, Any]) -> dict:
