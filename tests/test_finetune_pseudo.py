@@ -442,6 +442,7 @@ def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path):
         assert s["supervised"] == finetune(cl._with(chosen, seed=s["seed"]), "random")["test_accuracy"]
         assert ("fixmatch" in s) == (s["seed"] < 2)
     assert r["summary"]["fixmatch"]["n"] == 2 and "pseudo_balanced" not in r["summary"]
+    assert r["strongest_baseline"] == max(cl.BASELINES + ("fixmatch",), key=lambda m: r["summary"][m]["mean"])
     d = r["paired_differences"]["against_fixmatch (barlow_finetune - fixmatch)"]
     assert d["n"] == 2
     assert d["mean"] == pytest.approx(np.mean([s["barlow_finetune"] - s["fixmatch"] for s in r["seeds"][:2]]))
