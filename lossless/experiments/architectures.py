@@ -140,3 +140,32 @@ def summarise(per_seed: list[dict]) -> dict:
     out["val_by_round"] = [float(np.mean([r["rounds"][k]["val"] for r in per_seed]))
                            for k in range(len(per_seed[0]["rounds"]))]
     return out
+
+
+def rows(result: Mapping[str, Any]) -> list[dict]:
+    """One row per network: cost, probes, fine-tuning and the rounds (test accuracy, mean ± sd)."""
+    from ..tables import pm
+    out = []
+    for key, n in result["networks"].items():
+        s = n["summary"]
+        out.append({"network": n["network"], "parameters": n["parameters"], "MFLOP per image": n["flops"] / 1e6,
+                    "pretraining img/s": n["img_per_s"], "k-NN probe": pm(s["knn_probe"]),
+                    "linear probe": pm(s["linear_probe"]), "fine-tuned": pm(s["finetune"]),
+                    "after the rounds": pm(s["pseudo"]), "seeds": s["finetune"]["n"]})
+    return out
+
+
+def round_rows(result: Mapping[str, Any]) -> list[dict]:
+    """Per network and round: the change of validation accuracy (points, paired 95% interval) and
+    how many validation images the round forgot and learned (mean [95% interval] over seeds)."""
+    from ..tables import interval, significance
+    out = []
+    for key, n in result["networks"].items():
+        for r in n["summary"]["rounds"]:
+            d, f, g = r["val_change"], r["forgotten"], r["learned"]
+            out.append({"network": n["network"], "round": r["round"],
+                        "validation change (points)": f"{100 * d['mean']:+.2f} {interval(d)}",
+                        "verdict": significance(d),
+                        "forgotten": f"{f['mean']:.1f} {interval(f, scale=1, digits=1)}",
+                        "learned": f"{g['mean']:.1f} {interval(g, scale=1, digits=1)}"})
+    return out
