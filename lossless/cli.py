@@ -135,6 +135,14 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         r["cpu"], r["time"] = bench.cpu_name(mark_amx=True), time.strftime("%Y-%m-%d %H:%M")
         runs_mod.write_json(out, r)
         return {"written_to": str(out), "best_by_validation": r["best_by_validation"], "rows": sc.rows(r)}
+    if args.name == "architectures":
+        from .experiments import architectures as ar
+        r = ar.architectures(cfg, seeds=5 if args.seeds is None else args.seeds)
+        out = Path(args.out or f"benchmarks/results/architectures-{cfg['profile']}.json")
+        from . import bench, runs as runs_mod
+        r["cpu"], r["time"] = bench.cpu_name(mark_amx=True), time.strftime("%Y-%m-%d %H:%M")
+        runs_mod.write_json(out, r)
+        return {"written_to": str(out), "rows": ar.rows(r), "rounds": ar.round_rows(r)}
     if args.name == "ensembles":
         from .experiments import ensembles as en
         r = en.ensembles(cfg, seeds=5 if args.seeds is None else args.seeds)
@@ -224,14 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(section 3.6: label-request rules against random), table1 "
                                            "(section 4: compare_methods for compare_epochs each) or ensembles "
                                            "(section 4: ensemble_models combined; the overlap analysis) or screen "
-                                           "(recipes for the backbone at one short budget)")
-    ex.add_argument("name", choices=["claims", "active", "table1", "ensembles", "screen"])
+                                           "(recipes for the backbone at one short budget) or architectures (section 4: "
+                                           "arch_networks at compare_epochs; forgetting in the rounds)")
+    ex.add_argument("name", choices=["claims", "active", "table1", "ensembles", "screen", "architectures"])
     ex.add_argument("--seeds", type=int, default=None,
                     help="seeds (default: 5 for claims, table1 and ensembles, 10 for active, 2 for screen)")
     ex.add_argument("--screen-epochs", type=int, default=2,
                     help="screen: pretraining epochs of every recipe (the same short budget for all)")
     ex.add_argument("--out", default=None,
-                    help="screen: JSON path (default benchmarks/results/screen-<profile>.json)")
+                    help="screen, architectures: JSON path (default benchmarks/results/<name>-<profile>.json)")
     ex.add_argument("--all-rules", action="store_true",
                     help="claims: also the balanced, threshold and gradual pseudo-label rules and the "
                          "supervised-only control")

@@ -93,7 +93,7 @@ def percentages(text) -> list[float]:
 
 
 METHOD_NAMES = ("barlow", "simclr", "byol", "swav")
-BACKBONES = ("resnet34", "resnet18", "vgg16")
+BACKBONES = ("resnet34", "resnet18", "resnet10", "vgg16")
 
 
 def table1_runs(text) -> list[tuple[str, str | None]]:
@@ -108,6 +108,31 @@ def table1_runs(text) -> list[tuple[str, str | None]]:
             raise ValueError(part)
         out.append((method, net))
     return out
+
+
+def architecture_networks(text) -> list[tuple[str, float | None]]:
+    """``"resnet18,resnet18@0.125"`` -> [("resnet18", None), ("resnet18", 0.125)]: the networks of
+    section 4's architecture experiment, each a backbone and optionally its width (None: the
+    profile's). ValueError names the first bad entry."""
+    out: list[tuple[str, float | None]] = []
+    for part in (t.strip() for t in str(text).split(",")):
+        name, _, w = part.partition("@")
+        try:
+            width = float(w) if w.strip() else None
+        except ValueError:
+            raise ValueError(part) from None
+        if name.strip() not in BACKBONES or (width is not None and not (math.isfinite(width) and width > 0)) \
+                or (name.strip(), width) in out:
+            raise ValueError(part)
+        out.append((name.strip(), width))
+    return out
+
+
+def _arch_ok(v) -> bool:
+    try:
+        return isinstance(v, str) and len(architecture_networks(v)) > 0
+    except ValueError:
+        return False
 
 
 def _table1_ok(v) -> bool:
@@ -135,6 +160,10 @@ PERCENTAGES = Domain("percentages of the pool in (0, 100] separated by commas, a
 TABLE1 = Domain(f"methods ({' | '.join(METHOD_NAMES)}), each once, optionally with a backbone "
                 f"({' | '.join(BACKBONES)}) after a colon, separated by commas, e.g. barlow,byol:resnet34",
                 _table1_ok, ("mocov3", "barlow,barlow", "byol:resnet50", ""))
+
+ARCHITECTURES = Domain(f"backbones ({' | '.join(BACKBONES)}), each optionally with a width after '@', "
+                      f"separated by commas, e.g. resnet18,resnet18@0.125,vgg16", _arch_ok,
+                      ("resnet50", "resnet18@0", "resnet18,resnet18", "vgg16@x", ""))
 
 # Rules that tie two parameters together: (keys, check(cfg), what is allowed).
 RELATIONS: list[tuple[tuple[str, ...], Callable[[Mapping[str, Any]], bool], str]] = [
@@ -189,7 +218,7 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
     "checkpoint_every_steps": (0, "also checkpoint every N steps inside an epoch (0: each epoch only)",
         NONNEG_INT),
     # --- backbone (paper section 3.2) ---
-    "backbone": ("resnet34", "resnet34 (the paper's) | resnet18 | vgg16",
+    "backbone": ("resnet34", "resnet34 (the paper's) | resnet18 | resnet10 (one block a stage) | vgg16",
         choice(*BACKBONES)),
     "width": (1.0, "channel multiplier of every stage (0.25 on a laptop CPU)",
         POSITIVE),
@@ -258,6 +287,10 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
     "compare_epochs": (80, "pretraining epochs of every compared run (the paper: BYOL and SwAV saturated "
                            "after 80)",
         POSITIVE_INT),
+    "arch_networks": ("resnet18,resnet34,vgg16,resnet18@0.125,resnet10",
+                      "section 4's architecture experiment: the networks pretrained at compare_epochs "
+                      "(name[@width]; no width: the profile's)",
+        ARCHITECTURES),
     "ensemble_models": ("barlow:resnet34,byol:resnet34,swav:resnet18",
                         "the compared runs whose fine-tuned classifiers are combined (the paper: Barlow Twins, "
                         "BYOL and SwAV), as in compare_methods",

@@ -52,6 +52,19 @@ def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(pred) == np.asarray(labels)))
 
 
+def forgetting(before: np.ndarray, after: np.ndarray, labels: np.ndarray) -> dict:
+    """What a training step did to each image (Toneva et al., 2019, between two checkpoints):
+    ``forgotten``, right before and wrong after; ``learned``, wrong before and right after;
+    ``net`` = learned - forgotten (the change in correct predictions)."""
+    before, after, labels = (np.asarray(a) for a in (before, after, labels))
+    if not before.shape == after.shape == labels.shape:
+        raise ValueError(f"forgetting: predictions {before.shape} and {after.shape} for labels {labels.shape}")
+    right_before, right_after = before == labels, after == labels
+    forgotten = int(np.count_nonzero(right_before & ~right_after))
+    learned = int(np.count_nonzero(~right_before & right_after))
+    return {"forgotten": forgotten, "learned": learned, "net": learned - forgotten, "images": int(len(labels))}
+
+
 def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) counts: rows are true classes, columns predictions."""
     m = np.zeros((num_classes, num_classes), dtype=np.int64)

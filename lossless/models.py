@@ -154,7 +154,8 @@ class VGG16(nn.Module):
 
 def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, layer4_stride: int = 2,
                    image_size: int = 96, maxpool: bool = True) -> nn.Module:
-    """``resnet34`` (the paper's), ``resnet18`` (the SSL baselines') or ``vgg16``.
+    """``resnet34`` (the paper's), ``resnet18`` (the SSL baselines'), ``resnet10`` (one block a
+    stage: the shallower network of section 4's architecture experiment) or ``vgg16``.
 
     ``maxpool=False`` drops the stem's max-pool (the paper keeps it); on 28-px images it keeps
     a 4x larger map through the network."""
@@ -162,9 +163,11 @@ def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, layer4_s
         return ResNet((3, 4, 6, 3), in_channels, width, layer4_stride, maxpool)
     if name == "resnet18":
         return ResNet((2, 2, 2, 2), in_channels, width, layer4_stride, maxpool)
+    if name == "resnet10":  # a shallower network of the same family: one block per stage
+        return ResNet((1, 1, 1, 1), in_channels, width, layer4_stride, maxpool)
     if name == "vgg16":
         return VGG16(in_channels, image_size, width)
-    raise ValueError(f"unknown backbone {name!r}; choose resnet34, resnet18 or vgg16")
+    raise ValueError(f"unknown backbone {name!r}; choose resnet34, resnet18, resnet10 or vgg16")
 
 
 class BarlowTwinsProjector(nn.Sequential):

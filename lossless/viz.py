@@ -511,3 +511,27 @@ def stage_activations(maps: dict[str, np.ndarray], image: np.ndarray, channels: 
                 ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def architectures(result: dict):
+    """Left: test accuracy against forward FLOPs per image, one point per network (fine-tuned
+    and after the rounds, mean over seeds; log x). Right: validation accuracy after each
+    pseudo-label round, mean over seeds, a line per network (round 0: fine-tuned)."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, n in result["networks"].items():
+        s, x = n["summary"], n["flops"] / 1e6
+        line, = a.plot([x], [100 * s["finetune"]["mean"]], marker="o", ls="", label=n["network"])
+        a.plot([x], [100 * s["pseudo"]["mean"]], marker="^", ls="", color=line.get_color())
+        a.annotate(n["network"], (x, 100 * s["finetune"]["mean"]), fontsize=7, xytext=(4, -10),
+                   textcoords="offset points")
+        val = s["val_by_round"]
+        b.plot(range(len(val)), [100 * v for v in val], marker="o", color=line.get_color(), label=n["network"])
+    a.set_xscale("log")
+    a.set_xlabel("MFLOP per image (forward)")
+    a.set_ylabel("test accuracy % (o fine-tuned, ^ after the rounds)")
+    b.set_xlabel("pseudo-label round (0: fine-tuned)")
+    b.set_ylabel("validation accuracy %")
+    b.xaxis.set_major_locator(MaxNLocator(integer=True))
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -448,3 +448,21 @@ def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path):
     assert d["mean"] == pytest.approx(np.mean([s["barlow_finetune"] - s["fixmatch"] for s in r["seeds"][:2]]))
     with pytest.raises(config.ConfigError, match="fixmatch_seeds"):
         cl.claims(cfg, seeds=2, fixmatch_seeds=3)
+
+
+def test_forgetting_counts_against_a_loop():
+    from lossless.evaluate import forgetting
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 500)
+    before, after = rng.integers(0, 4, 500), rng.integers(0, 4, 500)
+    forgotten = learned = 0
+    for b, a, y in zip(before, after, labels):
+        if b == y and a != y:
+            forgotten += 1
+        if b != y and a == y:
+            learned += 1
+    got = forgetting(before, after, labels)
+    assert got == {"forgotten": forgotten, "learned": learned, "net": learned - forgotten, "images": 500}
+    assert got["net"] == int((after == labels).sum() - (before == labels).sum())
+    with pytest.raises(ValueError, match="forgetting"):
+        forgetting(before[:3], after, labels)

@@ -346,3 +346,29 @@ def test_the_recipe_screen_summarises_its_runs_and_resumes(tmp_path, monkeypatch
     assert sc.screen(cfg, recipes, seeds=2, epochs=1)["summary"] == r["summary"]
     with pytest.raises(config.ConfigError, match="unknown"):
         sc.screen(cfg, {"x": ("", {"no_such_key": 1})}, seeds=2, epochs=1)
+
+
+def test_the_architecture_experiment_counts_what_each_round_forgot(tmp_path):
+    """Per network: its parameters and FLOPs; per round: forgetting counts whose net change is
+    exactly the change of the round's validation accuracy (the stored predictions are the ones
+    the rounds were scored with), and the summary's paired change is their mean."""
+    from lossless.experiments import architectures as ar
+    from lossless.models import build_backbone
+    cfg = smoke(tmp_path, "arch", pl_rounds="5,5")
+    r = ar.architectures(cfg, "resnet18,resnet10", seeds=2)
+    assert list(r["networks"]) == ["resnet18", "resnet10"]
+    a, b = r["networks"]["resnet18"], r["networks"]["resnet10"]
+    assert a["parameters"] == sum(p.numel() for p in build_backbone("resnet18", 3, 0.25, image_size=32).parameters())
+    assert 0 < b["flops"] < a["flops"] and b["parameters"] < a["parameters"]
+    for net in (a, b):
+        for row in net["seeds"]:
+            assert len(row["rounds"]) == 3 and len(row["forgetting"]) == 2
+            for k, f in enumerate(row["forgetting"], start=1):
+                change = row["rounds"][k]["val"] - row["rounds"][k - 1]["val"]
+                assert f["net"] / f["images"] == pytest.approx(change, abs=1e-12)
+        s = net["summary"]["rounds"][0]
+        assert s["val_change"]["mean"] == pytest.approx(
+            np.mean([x["rounds"][1]["val"] - x["rounds"][0]["val"] for x in net["seeds"]]))
+        assert s["forgotten"]["mean"] == pytest.approx(np.mean([x["forgetting"][0]["forgotten"] for x in net["seeds"]]))
+    with pytest.raises(config.ConfigError, match="networks"):
+        ar.architectures(cfg, "resnet50", seeds=1)

@@ -50,3 +50,44 @@ def test_projector_and_classifier_head():
     assert [type(m).__name__ for m in head] == ["Linear", "ReLU", "Dropout", "Linear"]
     assert head[2].p == 0.3 and head[0].out_features == 1024
     assert abs(head[0].weight.std().item() - 0.01) < 0.001 and torch.all(head[0].bias == 0)
+
+
+def _conv(cin, cout, k):
+    return cin * cout * k * k  # no biases: every convolution is followed by batch norm
+
+
+def _bn(c):
+    return 2 * c
+
+
+def _block(cin, cout, stride):
+    n = _conv(cin, cout, 3) + _conv(cout, cout, 3) + 2 * _bn(cout)
+    return n + (_conv(cin, cout, 1) + _bn(cout) if stride != 1 or cin != cout else 0)
+
+
+@pytest.mark.parametrize("name,blocks,params", [("resnet18", 2, 699_888), ("resnet10", 1, 307_248)])
+def test_resnet_parameters_and_output_against_a_hand_count(name, blocks, params):
+    """Grayscale, width 1/4: stages of 16, 32, 64, 128 channels, strides 1, 2, 2, 2."""
+    widths = (16, 32, 64, 128)
+    count = _conv(1, 16, 3) + _bn(16)
+    cin = 16
+    for cout, stride in zip(widths, (1, 2, 2, 2)):
+        count += _block(cin, cout, stride) + (blocks - 1) * _block(cout, cout, 1)
+        cin = cout
+    assert count == params                                        # the formula and the arithmetic agree
+    net = build_backbone(name, in_channels=1, width=0.25, image_size=28)
+    assert sum(p.numel() for p in net.parameters()) == params
+    assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 128)
+
+
+def test_vgg16_parameters_and_output_against_a_hand_count():
+    """Grayscale, width 1/4 at 28 px: the ten convolutions with batch norm, four max-pools leave a
+    1 x 1 map, and one linear layer to 512 features."""
+    widths = (16, 16, 32, 32, 64, 64, 64, 128, 128, 128)
+    convs = [(1, 16), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64), (64, 64), (64, 128), (128, 128),
+             (128, 128)]
+    count = sum(_conv(a, b, 3) for a, b in convs) + sum(_bn(c) for c in widths) + 128 * 512 + 512
+    assert count == 544_464
+    net = build_backbone("vgg16", in_channels=1, width=0.25, image_size=28)
+    assert sum(p.numel() for p in net.parameters()) == count
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 512)
