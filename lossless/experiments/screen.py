@@ -37,6 +37,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "lr-0.3": ("half the learning rate", {"ssl_lr": 0.3}),
     "lr-1.2": ("twice the learning rate", {"ssl_lr": 1.2}),
     "batch-512": ("batch 512 (the rate scaled with it)", {"ssl_batch_size": 512}),
+    "adamw": ("AdamW at 1e-3 instead of LARS", {"ssl_optimizer": "adamw", "ssl_lr": 0.001}),
 }
 
 
