@@ -52,7 +52,9 @@ def bench_table(path: str | Path) -> str:
 
 STAGES = {"pretrain": "pretraining", "finetune-barlow": "fine-tuning (pretrained backbone)",
           "finetune-random": "supervised only (random start)", "pseudo-global": "pseudo-label rounds (global)",
-          "pseudo-balanced": "pseudo-label rounds (balanced)"}
+          "pseudo-balanced": "pseudo-label rounds (balanced)", "pseudo-none": "the rounds without pseudo-labels (control)",
+          "pseudo-threshold": "pseudo-label rounds (threshold)", "pseudo-gradual": "pseudo-label rounds (gradual)",
+          "fixmatch": "FixMatch"}
 
 
 def stage_times(root: str | Path) -> list[dict]:
