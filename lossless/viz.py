@@ -513,11 +513,18 @@ def stage_activations(maps: dict[str, np.ndarray], image: np.ndarray, channels: 
     return fig
 
 
-def architectures(result: dict):
+def architectures(result: dict | None, missing: str = "no record"):
     """Left: test accuracy against forward FLOPs per image, one point per network (fine-tuned
     and after the rounds, mean over seeds; log x). Right: validation accuracy after each
-    pseudo-label round, mean over seeds, a line per network (round 0: fine-tuned)."""
+    pseudo-label round, mean over seeds, a line per network (round 0: fine-tuned).
+    ``result=None``: the empty axes with ``missing`` written across them."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    if result is None:
+        for ax in (a, b):
+            ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        return fig
     for key, n in result["networks"].items():
         s, x = n["summary"], n["flops"] / 1e6
         line, = a.plot([x], [100 * s["finetune"]["mean"]], marker="o", ls="", label=n["network"])
