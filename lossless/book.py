@@ -26,6 +26,30 @@ from . import runs
 from .errors import LosslessError, disk_errors
 
 ROOT = Path(__file__).resolve().parent.parent
+RECORDS = ROOT / "benchmarks" / "results"
+
+
+def write_record(result: dict, name: str, profile: str, out: str | Path | None = None) -> Path:
+    """Save an experiment's result as the record a chapter shows when its rerun would not fit the
+    book's time budget: ``benchmarks/results/<name>-<profile>.json`` (or ``out``), with the
+    processor (its bf16 kernels shift the last digits) and the time it finished."""
+    from .bench import cpu_name
+    path = Path(out) if out else RECORDS / f"{name}-{profile}.json"
+    result = {**result, "cpu": cpu_name(mark_amx=True), "time": time.strftime("%Y-%m-%d %H:%M")}
+    runs.write_json(path, result)
+    return path
+
+
+def read_record(name: str, profile: str) -> dict | None:
+    """The record ``write_record`` made for ``name`` on ``profile``, or None when there is none."""
+    path = RECORDS / f"{name}-{profile}.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise LosslessError(f"{path}: not a readable record ({exc}); restore it with git checkout, or "
+                            f"make it again with `lossless experiment {name} --profile {profile}`") from None
 
 
 def toc_files(root: Path = ROOT) -> list[str]:

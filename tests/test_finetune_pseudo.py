@@ -127,6 +127,32 @@ def test_paired_interval_against_hand_computation():
     assert math.isclose(d["low"], 0.03 - half, abs_tol=1e-6) and math.isclose(d["high"], 0.03 + half, abs_tol=1e-6)
 
 
+def test_decide_reads_an_interval_against_zero_and_one_point():
+    from lossless.experiments.claims import decide
+    d = lambda lo, hi: {"mean": (lo + hi) / 2, "low": lo, "high": hi, "n": 10}  # noqa: E731
+    assert decide(d(0.001, 0.02)).endswith("a gain")
+    assert decide(d(-0.02, -0.001)).endswith("a loss")
+    assert "within 1 point" in decide(d(-0.0047, 0.0051))          # the control: both ends inside a point
+    assert "upper end is below 1 point" in decide(d(-0.03, 0.009))
+    assert decide(d(-0.0483, 0.0329)).endswith("undecided at 10 seeds")
+    assert decide(d(-0.0483, 0.0329), small=0.05).startswith("the interval includes zero and lies within 5 points")
+    assert decide(d(-0.005, 0.01)).endswith("undecided at 10 seeds")   # an end exactly at the bound is not below it
+
+
+def test_records_round_trip_and_a_damaged_one_names_its_file(tmp_path, monkeypatch):
+    from lossless import book
+    from lossless.errors import LosslessError
+    monkeypatch.setattr(book, "RECORDS", tmp_path)
+    assert book.read_record("claims", "smoke") is None
+    path = book.write_record({"seeds": [1, 2]}, "claims", "smoke")
+    assert path == tmp_path / "claims-smoke.json"
+    rec = book.read_record("claims", "smoke")
+    assert rec["seeds"] == [1, 2] and rec["cpu"] and rec["time"]
+    path.write_text('{"seeds": [1,')
+    with pytest.raises(LosslessError, match="claims-smoke.json.*git checkout"):
+        book.read_record("claims", "smoke")
+
+
 def test_calibration_error_against_hand_computation():
     conf = np.array([0.95, 0.95, 0.55, 0.55, 0.55, 0.55])
     correct = np.array([1, 0, 1, 1, 1, 1])
