@@ -20,6 +20,7 @@ validation predictions are stored beside its checkpoint, so a stopped experiment
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -110,6 +111,7 @@ def architectures(cfg: Mapping[str, Any], networks: str | None = None, seeds: in
         nets = parse_networks(text)
     except ValueError as exc:
         raise config_mod.ConfigError(f"networks={text!r}: {exc}") from None
+    start = time.perf_counter()
     out: dict[str, Any] = {"epochs": cfg["compare_epochs"], "seeds": seeds, "networks": {}}
     for name, width in nets:
         c = network_cfg(cfg, name, width)
@@ -121,6 +123,7 @@ def architectures(cfg: Mapping[str, Any], networks: str | None = None, seeds: in
         out["networks"][key] = {"network": label(c), "backbone": c["backbone"], "width": c["width"], **cost(c),
                                 "img_per_s": pre.get("img_per_s"), "pretraining_minutes": (pre.get("train_seconds") or 0) / 60,
                                 "pretraining_run": pre["run"], "seeds": per_seed, "summary": summarise(per_seed)}
+    out["wall_seconds"] = time.perf_counter() - start  # with whatever runs were loaded, not trained
     return out
 
 
