@@ -348,6 +348,34 @@ def test_the_recipe_screen_summarises_its_runs_and_resumes(tmp_path, monkeypatch
         sc.screen(cfg, {"x": ("", {"no_such_key": 1})}, seeds=2, epochs=1)
 
 
+def test_architecture_comparisons_pair_seeds_against_the_reference():
+    """Hand-made record: differences against the first network are paired by seed (a network
+    missing a seed is paired on the shared ones), the rounds' total change is last minus start."""
+    from lossless.experiments import architectures as ar
+
+    def seed(s, ft, pl, vals):
+        return {"seed": s, "finetune": ft, "pseudo": pl, "rounds": [{"val": v} for v in vals]}
+    rec = {"networks": {
+        "resnet18": {"network": "R18", "seeds": [seed(0, .80, .81, [.70, .71, .72]),
+                                                 seed(1, .82, .82, [.72, .72, .73]),
+                                                 seed(2, .78, .80, [.69, .70, .70])]},
+        "resnet10": {"network": "R10", "seeds": [seed(0, .75, .74, [.68, .66, .65]),
+                                                 seed(2, .74, .72, [.66, .65, .64])]}}}
+    c = ar.comparisons(rec)
+    assert "finetune_minus_reference" not in c["resnet18"]
+    d = c["resnet10"]["finetune_minus_reference"]
+    assert d["n"] == 2 and d["mean"] == pytest.approx(((.75 - .80) + (.74 - .78)) / 2)
+    assert c["resnet10"]["pseudo_minus_reference"]["mean"] == pytest.approx(((.74 - .81) + (.72 - .80)) / 2)
+    t = c["resnet18"]["rounds_total"]
+    assert t["n"] == 3 and t["mean"] == pytest.approx(((.72 - .70) + (.73 - .72) + (.70 - .69)) / 3)
+    assert c["resnet10"]["rounds_total"]["mean"] == pytest.approx(((.65 - .68) + (.64 - .66)) / 2)
+    assert ar.comparisons(rec, "resnet10")["resnet18"]["finetune_minus_reference"]["mean"] == pytest.approx(-d["mean"])
+    rows = ar.comparison_rows(rec)
+    assert [r["network"] for r in rows] == ["R18", "R10"] and rows[1]["fine-tuned minus the first network (points)"].startswith("-4.50")
+    with pytest.raises(KeyError, match="vgg16"):
+        ar.comparisons(rec, "vgg16")
+
+
 def test_the_architecture_experiment_counts_what_each_round_forgot(tmp_path):
     """Per network: its parameters and FLOPs; per round: forgetting counts whose net change is
     exactly the change of the round's validation accuracy (the stored predictions are the ones

@@ -158,6 +158,53 @@ def rows(result: Mapping[str, Any]) -> list[dict]:
     return out
 
 
+def _by_seed(net: Mapping[str, Any]) -> dict[int, dict]:
+    return {r["seed"]: r for r in net["seeds"]}
+
+
+def comparisons(result: Mapping[str, Any], reference: str | None = None) -> dict[str, dict]:
+    """Per network, paired over the seeds it shares with ``reference`` (default: the first
+    network, the profile's own): its fine-tuned and after-the-rounds test accuracy minus the
+    reference's ("comparable", "capped at lower accuracy"), and over all its rounds the change
+    of its own validation accuracy, last round minus the fine-tuned start ("a drop in the
+    accuracy on the validation set" in every round adds up here)."""
+    nets = result["networks"]
+    ref_key = reference or next(iter(nets))
+    if ref_key not in nets:
+        raise KeyError(f"reference {ref_key!r} is not among the networks {list(nets)}")
+    ref = _by_seed(nets[ref_key])
+    out = {}
+    for key, n in nets.items():
+        mine = _by_seed(n)
+        shared = sorted(set(mine) & set(ref))
+        row = {"network": n["network"], "rounds_total": paired_difference(
+            [mine[s]["rounds"][-1]["val"] for s in mine], [mine[s]["rounds"][0]["val"] for s in mine])}
+        if key != ref_key:
+            for m in ("finetune", "pseudo"):
+                row[f"{m}_minus_reference"] = paired_difference([mine[s][m] for s in shared],
+                                                                [ref[s][m] for s in shared])
+        out[key] = row
+    return out
+
+
+def comparison_rows(result: Mapping[str, Any], reference: str | None = None) -> list[dict]:
+    """``comparisons`` as table rows: points with 95% intervals."""
+    from ..tables import interval
+    from .claims import decide
+    rows_ = []
+    for c in comparisons(result, reference).values():
+        cell = {"network": c["network"]}
+        for m, name in (("finetune", "fine-tuned"), ("pseudo", "after the rounds")):
+            d = c.get(f"{m}_minus_reference")
+            cell[f"{name} minus the first network (points)"] = (
+                f"{100 * d['mean']:+.2f} {interval(d)}" if d else "(the reference)")
+        t = c["rounds_total"]
+        cell["validation, last round minus start (points)"] = f"{100 * t['mean']:+.2f} {interval(t)}"
+        cell["the rounds, in all"] = decide(t).replace("the interval ", "")
+        rows_.append(cell)
+    return rows_
+
+
 def round_rows(result: Mapping[str, Any]) -> list[dict]:
     """Per network and round: the change of validation accuracy (points, paired 95% interval) and
     how many validation images the round forgot and learned (mean [95% interval] over seeds)."""
