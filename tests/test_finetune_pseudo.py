@@ -452,10 +452,18 @@ def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path):
     best = max(g["rows"], key=lambda r: r["val_accuracy"])
     assert g["rows"][[r["val_accuracy"] for r in g["rows"]].index(best["val_accuracy"])] is best
     assert g["choice"] == {k: best[k] for k in grid}
+    assert cl.grid_edge(g) == list(grid)                      # two values each: every choice is an edge
+    assert cl.grid_edge({"grid": {"a": [1, 2, 3], "b": [1, 2, 3], "c": [5]},
+                         "choice": {"a": 2, "b": 3, "c": 5}}) == ["b"]
     for row in g["rows"]:
         assert 1 <= row["best_epoch"] <= cfg["ft_epochs"]
     with pytest.raises(config.ConfigError, match="grid"):
         cl.supervised_grid(cfg, {"not_a_key": (1,)})
+    away = cl.supervised_grid(cfg, {"sup_lr_backbone": (0.01,), "ft_weight_decay": (5e-4,)})
+    own = {"sup_lr_backbone": cfg["sup_lr_backbone"], "ft_weight_decay": cfg["ft_weight_decay"]}
+    assert [r["default"] for r in away["rows"]] == [False, True]          # the own setting is added
+    assert {k: away["rows"][1][k] for k in own} == own
+    assert away["rows"][1]["val_accuracy"] == next(r for r in g["rows"] if r["default"])["val_accuracy"]
 
     cl.SUP_GRID, saved = grid, cl.SUP_GRID
     try:
