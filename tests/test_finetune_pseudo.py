@@ -137,6 +137,8 @@ def test_decide_reads_an_interval_against_zero_and_one_point():
     assert decide(d(-0.0483, 0.0329)).endswith("undecided at 10 seeds")
     assert decide(d(-0.0483, 0.0329), small=0.05).startswith("the interval includes zero and lies within 5 points")
     assert decide(d(-0.005, 0.01)).endswith("undecided at 10 seeds")   # an end exactly at the bound is not below it
+    assert decide(d(0.001, 0.02), short=True) == "a gain"
+    assert decide(d(-0.0047, 0.0051), short=True) == "any effect is below 1 point"
 
 
 def test_records_round_trip_and_a_damaged_one_names_its_file(tmp_path, monkeypatch):

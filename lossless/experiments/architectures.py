@@ -200,7 +200,7 @@ def comparison_rows(result: Mapping[str, Any], reference: str | None = None) -> 
                 f"{100 * d['mean']:+.2f} {interval(d)}" if d else "(the reference)")
         t = c["rounds_total"]
         cell["validation, last round minus start (points)"] = f"{100 * t['mean']:+.2f} {interval(t)}"
-        cell["the rounds, in all"] = decide(t).replace("the interval ", "")
+        cell["the rounds, in all"] = decide(t, short=True)
         rows_.append(cell)
     return rows_
 

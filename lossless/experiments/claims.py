@@ -319,21 +319,25 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
-def decide(d: Mapping[str, float], small: float = 0.01) -> str:
+def decide(d: Mapping[str, float], small: float = 0.01, short: bool = False) -> str:
     """What a paired difference's 95% interval decides, in words: a gain or a loss where it
     excludes zero; where it includes zero, whether it still bounds the effect below ``small``
-    (a fraction: 0.01 is one point) or leaves the question open at this many seeds."""
+    (a fraction: 0.01 is one point) or leaves the question open at this many seeds. ``short``:
+    the conclusion alone, without the reason ("a gain" rather than "the interval excludes zero:
+    a gain")."""
     lo, hi = d["low"], d["high"]
-    if lo > 0:
-        return "the interval excludes zero: a gain"
-    if hi < 0:
-        return "the interval excludes zero: a loss"
     size = f"{100 * small:g} point" + ("" if small == 0.01 else "s")
-    if hi < small and lo > -small:
-        return f"the interval includes zero and lies within {size} of it: any effect is below {size}"
-    if hi < small:
-        return f"the interval includes zero and its upper end is below {size}: any gain is below {size}"
-    return f"the interval includes zero and reaches past {size}: undecided at {d['n']} seeds"
+    if lo > 0:
+        reason, conclusion = "the interval excludes zero", "a gain"
+    elif hi < 0:
+        reason, conclusion = "the interval excludes zero", "a loss"
+    elif hi < small and lo > -small:
+        reason, conclusion = f"the interval includes zero and lies within {size} of it", f"any effect is below {size}"
+    elif hi < small:
+        reason, conclusion = f"the interval includes zero and its upper end is below {size}", f"any gain is below {size}"
+    else:
+        reason, conclusion = f"the interval includes zero and reaches past {size}", f"undecided at {d['n']} seeds"
+    return conclusion if short else f"{reason}: {conclusion}"
 
 
 def difference_rows(result: Mapping[str, Any]) -> list[dict]:
