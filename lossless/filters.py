@@ -84,7 +84,8 @@ def stage_maps(net: nn.Module, image: np.ndarray, mean: Sequence[float], std: Se
     (H, W, C) uint8 image, normalised as the pretraining run normalised its inputs."""
     if not hasattr(net, "layer4"):
         raise LosslessError("stage_maps draws a ResNet's stages; this backbone has none (VGG-16)")
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255
+    # a copy: the image may be a view of the read-only memory-mapped dataset
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 255
     x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     out = {}
     for name in ("stem", "layer1", "layer2", "layer3", "layer4"):
