@@ -40,8 +40,9 @@ def write_record(result: dict, name: str, profile: str, out: str | Path | None =
     return path
 
 
-def read_record(name: str, profile: str) -> dict | None:
-    """The record ``write_record`` made for ``name`` on ``profile``, or None when there is none."""
+def read_record(name: str, profile: str, remake: str | None = None) -> dict | None:
+    """The record ``write_record`` made for ``name`` on ``profile``, or None when there is none.
+    ``remake``: the command that makes it, where it is not ``lossless experiment <name>``."""
     path = RECORDS / f"{name}-{profile}.json"
     if not path.is_file():
         return None
@@ -49,7 +50,7 @@ def read_record(name: str, profile: str) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise LosslessError(f"{path}: not a readable record ({exc}); restore it with git checkout, or "
-                            f"make it again with `lossless experiment {name} --profile {profile}`") from None
+                            f"make it again with `{remake or f'lossless experiment {name} --profile {profile}'}`") from None
 
 
 def toc_files(root: Path = ROOT) -> list[str]:

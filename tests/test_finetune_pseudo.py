@@ -153,6 +153,9 @@ def test_records_round_trip_and_a_damaged_one_names_its_file(tmp_path, monkeypat
     path.write_text('{"seeds": [1,')
     with pytest.raises(LosslessError, match="claims-smoke.json.*git checkout"):
         book.read_record("claims", "smoke")
+    book.write_record({}, "claims", "smoke", tmp_path / "claims-rules-smoke.json").write_text("{")
+    with pytest.raises(LosslessError, match="claims-rules-smoke.json.*with `lossless x --all`"):
+        book.read_record("claims-rules", "smoke", "lossless x --all")
 
 
 def test_calibration_error_against_hand_computation():
