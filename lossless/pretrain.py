@@ -107,6 +107,54 @@ def correlation_matrix(task: torch.nn.Module, images: np.ndarray, seed: int = 0)
     return c
 
 
+@torch.no_grad()
+def calibrate_batch_norm(task: torch.nn.Module, images: np.ndarray, batch_size: int = 256,
+                         seed: int = 0) -> torch.nn.Module:
+    """Re-estimate every batch-norm layer's running statistics of ``task.backbone`` on augmented
+    views of ``images`` (the cumulative average over all of them), weights untouched: what a
+    pretraining run with its learning rate at zero leaves behind."""
+    bns = [m for m in task.backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    was = task.backbone.training
+    task.backbone.train()
+    g = torch.Generator().manual_seed(seed)
+    device = next(task.backbone.parameters()).device
+    for start in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        for view in task.augmenter(batch, g):
+            task.backbone(view)
+    for m in bns:
+        m.momentum = 0.1
+    task.backbone.train(was)
+    return task
+
+
+def initial_knn(cfg: Mapping[str, Any], calibration_images: int = 2048) -> dict:
+    """The k-NN monitor (validation, and test when the split has one) of the network pretraining
+    starts from: the configured seed's initial weights, their batch-norm statistics estimated on
+    augmented views of ``calibration_images`` pretraining images. How far a pretrained backbone is
+    above this is what pretraining learned; a run whose rate is zero ends here."""
+    device = resolve_device(cfg["device"])
+    split = load_data(cfg, False)
+    task, augmenter, size = build_task(cfg, split)
+    task = task.to(device)
+    idx = pretraining_indices(split)
+    pick = np.sort(np.random.default_rng(cfg["seed"]).permutation(idx)[:calibration_images])
+    calibrate_batch_norm(task, split.data.images[pick], seed=cfg["seed"])
+    amp = resolve_precision(cfg["precision"], device)
+    feats = lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size)  # noqa: E731
+    bank, bank_labels = feats(split.images("labelled")), torch.from_numpy(split.labels("labelled"))
+    out = {}
+    for name in ("val", "test"):
+        if len(split.indices(name)):
+            out[f"knn_{name}"] = knn_accuracy(bank, bank_labels, feats(split.images(name)),
+                                              torch.from_numpy(split.labels(name)), k=cfg["knn_k"],
+                                              num_classes=split.data.num_classes)
+    return out
+
+
 def pretrain(cfg: Mapping[str, Any]) -> dict:
     config.validate(cfg)
     device = resolve_device(cfg["device"])
