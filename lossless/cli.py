@@ -129,7 +129,8 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
                                         for row in t1.best_rows(r, m)]}
     if args.name == "screen":
         from .experiments import screen as sc
-        r = sc.screen(cfg, seeds=2 if args.seeds is None else args.seeds, epochs=args.screen_epochs)
+        r = sc.screen(cfg, seeds=3 if args.seeds is None else args.seeds, epochs=args.screen_epochs,
+                      pilot_seeds=args.pilot_seeds, finalists=args.finalists)
         out = write_record(r, "screen", cfg["profile"], args.out)
         return {"written_to": str(out), "best_by_validation": r["best_by_validation"], "rows": sc.rows(r)}
     if args.name == "architectures":
@@ -229,13 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(section 3.6: label-request rules against random), table1 "
                                            "(section 4: compare_methods for compare_epochs each) or ensembles "
                                            "(section 4: ensemble_models combined; the overlap analysis) or screen "
-                                           "(recipes for the backbone at one short budget) or architectures (section 4: "
+                                           "(the backbone study: recipes at the main line's length, the best on more seeds) or architectures (section 4: "
                                            "arch_networks at compare_epochs; forgetting in the rounds)")
     ex.add_argument("name", choices=["claims", "active", "table1", "ensembles", "screen", "architectures"])
     ex.add_argument("--seeds", type=int, default=None,
-                    help="seeds (default: 5 for claims, table1 and ensembles, 10 for active, 2 for screen)")
-    ex.add_argument("--screen-epochs", type=int, default=2,
-                    help="screen: pretraining epochs of every recipe (the same short budget for all)")
+                    help="seeds (default: 5 for claims, table1 and ensembles, 10 for active, 3 for screen)")
+    ex.add_argument("--screen-epochs", type=int, default=None,
+                    help="screen: pretraining epochs of every recipe (default: the profile's ssl_epochs)")
+    ex.add_argument("--pilot-seeds", type=int, default=1,
+                    help="screen: seeds every recipe runs on before the finalists are chosen")
+    ex.add_argument("--finalists", type=int, default=1,
+                    help="screen: recipes (besides the profile's) run on every seed, the best by validation")
     ex.add_argument("--out", default=None,
                     help="screen, architectures, claims --record: the record's JSON path (default "
                          "benchmarks/results/<name>-<profile>.json, which the chapters show)")

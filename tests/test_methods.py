@@ -325,27 +325,37 @@ def test_bench_compares_every_method_step_against_barlow_twins(tmp_path):
     assert runs.read_json(tmp_path / "m.json")["benchmark"] == "methods"
 
 
-def test_the_recipe_screen_summarises_its_runs_and_resumes(tmp_path, monkeypatch):
-    """Each recipe's summary is the mean of its runs, its difference from the reference is
-    paired seed by seed, the choice is by validation; a second call pretrains nothing."""
+def test_the_backbone_study_pilots_every_recipe_then_pairs_the_finalist(tmp_path, monkeypatch):
+    """Every recipe runs on the pilot seed, the best other recipe by validation and the reference
+    on every seed; summaries are the means of a recipe's runs, differences from the reference
+    are paired seed by seed; the choice is by validation; a second call pretrains nothing."""
     from lossless.experiments import screen as sc
     cfg = smoke(tmp_path, "s")
-    recipes = {"base": ("the profile", {}), "lr": ("another rate", {"ssl_lr": 0.05})}
-    r = sc.screen(cfg, recipes, seeds=2, epochs=1)
+    recipes = {"base": ("the profile", {}), "lr": ("another rate", {"ssl_lr": 0.05}),
+               "crop": ("milder crops", {"crop_scale_min": 0.6})}
+    r = sc.screen(cfg, recipes, seeds=2, epochs=1, pilot_seeds=1, finalists=1)
+    pilot = {n: r["runs"][n][0]["linear_val"] for n in ("lr", "crop")}
+    winner, loser = sorted(pilot, key=lambda n: -pilot[n])
+    assert r["finalists"] == [winner]
+    assert [x["seed"] for x in r["runs"]["base"]] == [x["seed"] for x in r["runs"][winner]] == [0, 1]
+    assert [x["seed"] for x in r["runs"][loser]] == [0]
     for name, rs in r["runs"].items():
-        assert [x["seed"] for x in rs] == [0, 1]
         for m in ("linear_val", "knn_test"):
             assert r["summary"][name][m]["mean"] == pytest.approx(np.mean([x[m] for x in rs]))
             d = r["summary"][name]["minus_reference"][m]
             assert d["mean"] == pytest.approx(np.mean([a[m] - b[m] for a, b in zip(rs, r["runs"]["base"])]))
-    assert r["runs"]["base"][0]["run"] != r["runs"]["lr"][0]["run"] != r["runs"]["lr"][1]["run"]
-    assert r["best_by_validation"] == max(recipes, key=lambda n: r["summary"][n]["linear_val"]["mean"])
-    assert [row["recipe"] for row in sc.rows(r)] == ["base", "lr"]
+            assert d["n"] == len(rs)
+    assert r["runs"]["base"][0]["run"] != r["runs"][winner][0]["run"] != r["runs"][winner][1]["run"]
+    assert r["best_by_validation"] == max(("base", winner), key=lambda n: r["summary"][n]["linear_val"]["mean"])
+    shown = {row["recipe"]: row for row in sc.rows(r)}
+    assert list(shown) == ["base", "lr", "crop"] and shown[loser]["minus the profile (val linear, points)"].endswith("(1 seed)")
     import lossless.experiments.screen as mod
     monkeypatch.setattr(mod, "probe_backbone", lambda *a: (_ for _ in ()).throw(AssertionError("probed again")))
-    assert sc.screen(cfg, recipes, seeds=2, epochs=1)["summary"] == r["summary"]
+    assert sc.screen(cfg, recipes, seeds=2, epochs=1, pilot_seeds=1, finalists=1)["summary"] == r["summary"]
     with pytest.raises(config.ConfigError, match="unknown"):
         sc.screen(cfg, {"x": ("", {"no_such_key": 1})}, seeds=2, epochs=1)
+    with pytest.raises(config.ConfigError, match="pilot_seeds"):
+        sc.screen(cfg, recipes, seeds=2, epochs=1, pilot_seeds=3)
 
 
 def test_architecture_comparisons_pair_seeds_against_the_reference():

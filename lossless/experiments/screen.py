@@ -1,13 +1,15 @@
-"""A recipe screen for the ``cpu`` profile's Barlow Twins backbone (the recipe-screen appendix).
+"""The backbone study for the ``cpu`` profile's Barlow Twins recipe (the study appendix).
 
-Each recipe is a set of parameter overrides on the profile, pretrained at one short budget
-(``epochs``, the same for all, the paper's protocol: compare short, train the chosen one
-longer) on each of ``seeds`` seeds (the seed picks the labelled set and the pretraining's
-random draws), then judged by the frozen features' k-NN and linear-probe accuracy. Recipes
-are chosen by **validation** accuracy (the linear probe trained on the labelled images, scored
-on the validation images); test accuracy is reported beside it and never used to choose.
+Each recipe is a set of parameter overrides on the profile, pretrained at the **main line's
+length** (the profile's ``ssl_epochs`` unless a recipe sets its own) and judged by the frozen
+features' k-NN and linear-probe accuracy. It runs in two rounds, as successive halving does:
+every recipe on the first ``pilot_seeds`` seeds; then the ``finalists`` best by validation and
+the profile's own recipe on ``seeds`` seeds, each seed a labelled set and a pretraining run, the
+difference from the profile paired by seed with a 95% interval. Recipes are chosen by
+**validation** accuracy (the linear probe trained on the labelled images, scored on the
+validation images); test accuracy is reported beside it and never used to choose.
 
-Every pretraining is a run folder of its own, so a stopped screen resumes where it was, and
+Every pretraining is a run folder of its own, so a stopped study resumes where it was, and
 ``lossless experiment screen`` writes the result as JSON (``benchmarks/results/screen-<profile>.json``
 is the record the appendix shows; ``--out`` elsewhere).
 """
@@ -29,23 +31,19 @@ from .claims import probe_backbone
 # name -> (what it changes, overrides). The first is the profile's own recipe, the reference.
 RECIPES: dict[str, tuple[str, dict]] = {
     "profile": ("the cpu profile's recipe", {}),
+    "no-blur": ("no blur (sigma 0.1 px: the kernel is the identity)", {"blur_sigma_max": 0.1}),
     "projector-512": ("a narrower projector (3 x 512)", {"projector": "512-512-512"}),
-    "projector-2048": ("a wider projector (3 x 2048)", {"projector": "2048-2048-2048"}),
-    "crop-0.5": ("milder crops (area 0.5-1)", {"crop_scale_min": 0.5}),
-    "no-jitter": ("no brightness/contrast jitter", {"jitter_strength": 0.0}),
-    "little-blur": ("almost no blur (sigma 0.1)", {"blur_sigma_max": 0.1}),
-    "lr-0.3": ("half the learning rate", {"ssl_lr": 0.3}),
-    "lr-1.2": ("twice the learning rate", {"ssl_lr": 1.2}),
-    "batch-512": ("batch 512 (the rate scaled with it)", {"ssl_batch_size": 512}),
-    "adamw": ("AdamW at 1e-3 instead of LARS", {"ssl_optimizer": "adamw", "ssl_lr": 0.001}),
+    "width-0.5": ("the backbone at half width (256 features)", {"width": 0.5}),
 }
+METRICS = ("linear_val", "knn_val", "linear_test", "knn_test")
 
 
 def one(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, epochs: int) -> dict:
-    """One recipe on one seed: pretrain (or load), then probe (stored beside the run)."""
+    """One recipe on one seed: pretrain (or load), then probe (stored beside the run). A recipe
+    that sets ``ssl_epochs`` keeps its own length."""
     c = config_mod.load_profile(cfg["profile"], {k: v for k, v in cfg.items() if k != "profile"},
-                                **{**overrides, "seed": seed, "ssl_epochs": epochs})
-    warm = min(c["ssl_warmup_epochs"], max(0, epochs - 1))
+                                **{"seed": seed, "ssl_epochs": epochs, **overrides})
+    warm = min(c["ssl_warmup_epochs"], max(0, c["ssl_epochs"] - 1))
     c = c.replace(ssl_warmup_epochs=warm)
     t0 = time.perf_counter()
     result = pretrain(c)
@@ -56,55 +54,80 @@ def one(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, epochs:
         probes = probe_backbone(c, Path(result["backbone"]))
         runs.write_json(stored, probes)
     return {"seed": seed, "run": result["run"], "train_seconds": result.get("train_seconds"),
+            "img_per_s": result.get("img_per_s"), "epochs": c["ssl_epochs"],
             "wall_seconds": round(time.perf_counter() - t0, 1), **probes}
 
 
-def screen(cfg: Mapping[str, Any], recipes: Mapping[str, tuple[str, dict]] | None = None, seeds: int = 2,
-           epochs: int = 2) -> dict:
-    """Every recipe on seeds 0..seeds-1 at ``epochs`` epochs; the summary (mean +- sd over seeds)
-    and each recipe's paired difference from the first (the reference) on the validation linear
-    probe, the test linear probe and the test k-NN."""
+def _count(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low}")
+
+
+def screen(cfg: Mapping[str, Any], recipes: Mapping[str, tuple[str, dict]] | None = None, seeds: int = 3,
+           epochs: int | None = None, pilot_seeds: int = 1, finalists: int = 1) -> dict:
+    """Every recipe on seeds ``0..pilot_seeds-1``; the reference (the first recipe) and the
+    ``finalists`` best others by validation linear probe on seeds ``0..seeds-1``; all at
+    ``epochs`` (default: the profile's ``ssl_epochs``). Returns the runs, each recipe's summary
+    (mean +- sd over its seeds), its paired difference from the reference over the seeds both
+    ran, and the best recipe by validation among those with ``seeds`` seeds."""
     recipes = dict(RECIPES if recipes is None else recipes)
-    for name, value, low in (("seeds", seeds, 2), ("epochs", epochs, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low}")
+    epochs = cfg["ssl_epochs"] if epochs is None else epochs
+    for name, value, low in (("seeds", seeds, 2), ("epochs", epochs, 1), ("pilot_seeds", pilot_seeds, 1),
+                             ("finalists", finalists, 0)):
+        _count(name, value, low)
+    if pilot_seeds > seeds:
+        raise config_mod.ConfigError(f"pilot_seeds={pilot_seeds} is not allowed: at most seeds={seeds}")
     for name, (_, overrides) in recipes.items():
         unknown = [k for k in overrides if k not in config_mod.PARAMETERS]
         if unknown:
             raise config_mod.ConfigError(f"recipe {name!r}: unknown parameter(s) {unknown}")
     config_mod.validate(cfg)
-    rows = {}
-    for i, (name, (_, overrides)) in enumerate(recipes.items()):
-        rows[name] = []
-        for s in range(seeds):
-            print(f"lossless screen: {name} ({i + 1}/{len(recipes)}), seed {s + 1}/{seeds}", file=sys.stderr)
-            rows[name].append(one(cfg, overrides, s, epochs))
     reference = next(iter(recipes))
-    metrics = ("linear_val", "knn_val", "linear_test", "knn_test")
-    summary = {name: {m: mean_std([r[m] for r in rs]) for m in metrics} for name, rs in rows.items()}
+    rows: dict[str, list[dict]] = {name: [] for name in recipes}
+
+    def run(name: str, seed_list) -> None:
+        for s in seed_list:
+            if any(r["seed"] == s for r in rows[name]):
+                continue
+            print(f"lossless screen: {name}, seed {s}", file=sys.stderr)
+            rows[name].append(one(cfg, recipes[name][1], s, epochs))
+
+    for name in recipes:                                   # round 1: every recipe, the pilot seeds
+        run(name, range(pilot_seeds))
+    pilot = {n: float(np.mean([r["linear_val"] for r in rs])) for n, rs in rows.items()}
+    chosen = sorted((n for n in recipes if n != reference), key=lambda n: -pilot[n])[:finalists]
+    for name in [reference] + chosen:                      # round 2: the finalists, every seed
+        run(name, range(seeds))
+
+    summary = {name: {m: mean_std([r[m] for r in rs]) for m in METRICS} for name, rs in rows.items()}
+    ref = {r["seed"]: r for r in rows[reference]}
     for name, rs in rows.items():
+        both = [r for r in rs if r["seed"] in ref]
+        summary[name]["seeds"] = len(rs)
         summary[name]["minutes"] = float(np.mean([r["train_seconds"] or 0 for r in rs])) / 60
         summary[name]["minus_reference"] = {
-            m: paired_difference([r[m] for r in rs], [r[m] for r in rows[reference]]) for m in metrics}
-    best = max(recipes, key=lambda n: summary[n]["linear_val"]["mean"])
-    return {"profile": cfg["profile"], "epochs": epochs, "seeds": seeds, "reference": reference,
+            m: paired_difference([r[m] for r in both], [ref[r["seed"]][m] for r in both]) for m in METRICS}
+    full = [n for n in recipes if summary[n]["seeds"] >= seeds]
+    best = max(full, key=lambda n: summary[n]["linear_val"]["mean"])
+    return {"profile": cfg["profile"], "epochs": epochs, "seeds": seeds, "pilot_seeds": pilot_seeds,
+            "finalists": chosen, "reference": reference,
             "recipes": {n: {"what": w, "overrides": o} for n, (w, o) in recipes.items()},
             "runs": rows, "summary": summary, "best_by_validation": best,
-            "base": {k: cfg[k] for k in ("backbone", "width", "ssl_batch_size", "ssl_lr", "projector",
+            "base": {k: cfg[k] for k in ("backbone", "width", "ssl_epochs", "ssl_batch_size", "ssl_lr", "projector",
                                           "crop_scale_min", "blur_sigma_max", "jitter_strength")}}
 
 
 def rows(result: Mapping[str, Any]) -> list[dict]:
-    """One row per recipe: what it changes, its probes (mean over seeds) and its difference from
-    the reference on the validation linear probe."""
+    """One row per recipe: what it changes, its seeds, its probes (mean +- sd over seeds) and its
+    difference from the reference on the validation linear probe (an interval from 2 seeds on)."""
     from ..tables import interval, pm
     out = []
     for name, s in result["summary"].items():
         d = s["minus_reference"]["linear_val"]
-        out.append({"recipe": name, "what it changes": result["recipes"][name]["what"],
+        diff = "" if name == result["reference"] else (
+            f"{100 * d['mean']:+.2f} {interval(d)}" if d["n"] >= 2 else f"{100 * d['mean']:+.2f} (1 seed)")
+        out.append({"recipe": name, "what it changes": result["recipes"][name]["what"], "seeds": s.get("seeds"),
                     "linear probe, val": pm(s["linear_val"]), "k-NN, val": pm(s["knn_val"]),
                     "linear probe, test": pm(s["linear_test"]), "k-NN, test": pm(s["knn_test"]),
-                    "minus the profile (val linear, points)": "" if name == result["reference"]
-                    else f"{100 * d['mean']:+.2f} {interval(d)}",
-                    "minutes": s["minutes"]})
+                    "minus the profile (val linear, points)": diff, "minutes": s["minutes"]})
     return out
