@@ -10,6 +10,8 @@ run with its learning rate at zero ends (measured: within 3 points of it on seed
 from __future__ import annotations
 
 import os
+
+import numpy as np
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,70 @@ def test_pretraining_learns_beyond_its_initialisation(tmp_path, seed):
     assert result["knn_val"] >= start + MARGIN, (
         f"seed {seed}: pretrained k-NN {result['knn_val']:.3f} is not {MARGIN:.2f} above the initial "
         f"network's {start:.3f}")
+
+
+# ------------------------------------------------------------------ pseudo-labels: no leakage
+class _Captured(Exception):
+    pass
+
+
+def _capture_round(monkeypatch, pseudo_mod, split_hook=None):
+    """Run the first pseudo-label round up to the point where it builds its training batches, and
+    return the label array and image indices it would train on."""
+    seen = {}
+
+    def recorder(images, labels, indices, *a, **kw):
+        seen["labels"], seen["indices"] = np.array(labels), np.array(indices)
+        raise _Captured
+
+    monkeypatch.setattr(pseudo_mod, "Batches", recorder)
+    if split_hook is not None:
+        real = pseudo_mod.load_data
+        monkeypatch.setattr(pseudo_mod, "load_data", lambda cfg, progress: split_hook(real(cfg, progress)))
+    return seen
+
+
+def test_pseudo_labels_are_the_models_predictions_never_the_hidden_labels(tmp_path, monkeypatch):
+    """The labels a round trains on are the start classifier's predictions for the images it
+    picked; poisoning the pool's hidden true labels changes nothing the model trains on."""
+    import dataclasses
+    import shutil
+
+    from lossless import pseudo as pseudo_mod
+    from lossless.engine import resolve_device, resolve_precision
+    from lossless.evaluate import score
+    from lossless.finetune import finetune, load_classifier
+    from lossless.pretrain import load_data
+
+    cfg = config.load_profile("smoke", progress=False, runs_dir=str(tmp_path / "runs"), pl_rule="global")
+    start = finetune(cfg, "barlow")
+    seen = _capture_round(monkeypatch, pseudo_mod)
+    with pytest.raises(_Captured):
+        pseudo_mod.pseudo_label(cfg, start)
+    split = load_data(cfg, False)
+    labelled = np.isin(seen["indices"], split.labelled)
+    picked = seen["indices"][~labelled]
+    assert len(picked) == round(5 / 100 * len(split.unlabelled))       # the smoke profile's first round: 5%
+    device = resolve_device("cpu")
+    amp = resolve_precision(cfg["precision"], device)
+    model = load_classifier(cfg, split, Path(start["classifier"]), device, amp)
+    predicted = score(model, split.data.images[picked], model.augmenter.plain, device, amp).prediction
+    trained_on = seen["labels"][picked]
+    assert np.array_equal(trained_on, predicted)
+    truth = split.true_labels("unlabelled")[np.searchsorted(split.unlabelled, picked)]
+    assert not np.array_equal(trained_on, truth)  # the weak smoke classifier errs: the check can tell them apart
+    assert np.array_equal(seen["labels"][seen["indices"][labelled]], split.data.labels[seen["indices"][labelled]])
+
+    def poisoned(s):
+        labels = np.array(s.data.labels)
+        labels[s.unlabelled] = (labels[s.unlabelled] + 1 + np.arange(len(s.unlabelled)) % 7) % s.data.num_classes
+        return dataclasses.replace(s, data=dataclasses.replace(s.data, labels=labels))
+
+    clean = {k: v.copy() for k, v in seen.items()}
+    for r in (Path(pseudo_mod.pseudo_dir(cfg, start["run"])) / "round1",):
+        shutil.rmtree(r)                                              # select again, from the poisoned split
+    seen = _capture_round(monkeypatch, pseudo_mod, poisoned)
+    with pytest.raises(_Captured):
+        pseudo_mod.pseudo_label(cfg, start)
+    assert np.array_equal(seen["indices"], clean["indices"])
+    assert np.array_equal(seen["labels"], clean["labels"])
