@@ -223,19 +223,28 @@ class Engine:
             self._best_pending = {}
 
     # -- the divergence guard
-    def _diverged(self, what: str, epoch: int, step: int, global_step: int) -> TrainingDiverged:
-        """The message says what is really on disk and what running again would do."""
+    def _diverged(self, what: str, epoch: int, step: int | None = None, global_step: int | None = None) -> TrainingDiverged:
+        """The message says what is really on disk and what running again would do. ``step``
+        None: found at the end of the epoch (by its evaluation)."""
         if self._saved_at is not None and self.last_path.exists():
             e, k = self._saved_at
             where = f"after epoch {e}" if k == 0 else f"in epoch {e + 1} after step {k}"
-            kept = f"the last good checkpoint {self.last_path} ({where}) is kept"
+            kept = (f"the last good checkpoint {self.last_path} ({where}) is kept. Training is deterministic, so "
+                    f"running the same command again resumes there and diverges at the same point")
         else:
-            kept = f"no checkpoint had been written yet ({self.last_path} does not exist), so the run starts afresh"
+            kept = (f"no checkpoint had been written yet ({self.last_path} does not exist). Training is "
+                    f"deterministic, so running the same command again starts afresh and diverges at the same point")
+        when = (f"at the end of epoch {epoch + 1}" if step is None
+                else f"at epoch {epoch + 1}, step {step + 1} (global step {global_step})")
         return TrainingDiverged(
-            f"{what} at epoch {epoch + 1}, step {step + 1} (global step {global_step}); {kept}. Training is "
-            f"deterministic, so running the same command again resumes there and diverges at the same step. "
+            f"{what} {when}; {kept}. "
             f"Lower {self.settings.lr_hint} (or train in bf16/fp32 instead of fp16): a changed parameter is a "
             f"new run, in a new folder, trained from the start")
+
+    def diverged(self, what: str, epoch: int) -> TrainingDiverged:
+        """The divergence error for what an epoch's evaluation found (non-finite features of
+        finite weights, say), worded like the loop's own."""
+        return self._diverged(what, epoch)
 
     def _check_weights(self, task: nn.Module, epoch: int, step: int, global_step: int) -> None:
         """No evaluation and no checkpoint ever sees non-finite weights (a step whose loss was

@@ -191,6 +191,10 @@ def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, devi
             return {}
         feats = lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size)  # noqa: E731
         bank, val_feats = feats(bank_images), feats(val_images)
+        if not (torch.isfinite(bank).all() and torch.isfinite(val_feats).all()):
+            # finite weights can still be too large for a forward pass (bf16 overflows)
+            raise engine.diverged("the backbone's features became NaN or infinite (its weights are finite but "
+                                  "too large)", epoch)
         return {"knn_val": knn_accuracy(bank, torch.from_numpy(bank_labels), val_feats,
                                         torch.from_numpy(val_labels), k=cfg["knn_k"],
                                         num_classes=data.num_classes),

@@ -297,8 +297,27 @@ def test_divergence_on_an_epochs_last_step_stops_before_any_evaluation(tmp_path,
     message = str(info.value)
     assert "the weights became NaN or infinite at epoch 1, step 4 (global step 3)" in message
     assert "no checkpoint had been written yet" in message and "last.pt does not exist" in message
-    assert "diverges at the same step" in message and "Lower ssl_lr" in message and "new folder" in message
+    assert "running the same command again starts afresh and diverges at the same point" in message
+    assert "resumes" not in message and "Lower ssl_lr" in message and "new folder" in message
     assert not list(Path(cfg["runs_dir"]).glob("pretrain-*/checkpoints/*.pt"))
+
+
+def test_finite_weights_too_large_for_a_forward_pass_end_in_one_line(tmp_path, monkeypatch, capsys):
+    """Weights finite (1e38) after an epoch's last step, but the evaluation's forward pass
+    overflows: one line naming the epoch and what is on disk, not scikit-learn's NaN traceback."""
+    cfg = smoke(tmp_path)
+
+    def blow_up(self, step, total):
+        if step == 3:
+            with torch.no_grad():
+                self.backbone.stem[0].weight.mul_(0).add_(1e38)
+    monkeypatch.setattr(BarlowTwins, "after_step", blow_up, raising=False)
+    code = main(["pretrain", "--profile", "smoke", "--quiet", f"runs_dir={tmp_path / 'runs'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "the backbone's features became NaN or infinite (its weights are finite but too large) at the end of " \
+           "epoch 1; no checkpoint had been written yet" in err
+    assert "starts afresh" in err and "resumes" not in err and "Traceback" not in err
 
 
 def test_non_finite_weights_are_never_checkpointed_mid_epoch(tmp_path, monkeypatch):
