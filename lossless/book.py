@@ -27,6 +27,17 @@ from .errors import LosslessError, disk_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDS = ROOT / "benchmarks" / "results"
+PACKAGE = Path(__file__).resolve().parent
+
+
+def package_digest(folder: Path | None = None) -> str:
+    """SHA-1 of the package's code and profiles (every ``*.py`` and ``*.yaml`` under it, with
+    their paths): a chapter's output depends on the functions it calls as much as on its source."""
+    folder = Path(folder or PACKAGE)
+    h = hashlib.sha1()
+    for f in sorted(p for p in folder.rglob("*") if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts):
+        h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def write_record(result: dict, name: str, profile: str, out: str | Path | None = None) -> Path:
@@ -152,11 +163,13 @@ def book_dir(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> Path
 
 
 def _key(md: Path, profile: str, params: Mapping[str, Any], before: str = "") -> str:
-    """A chapter's cache key: its source, the profile and parameters, and ``before``: the key and
+    """A chapter's cache key: its source, the package's code (:func:`package_digest`), the profile
+    and parameters, and ``before``: the key and
     the time record of the chapter before it. A chapter therefore reruns whenever the one before
     it changed or ran again, and so on down the book: later chapters load the earlier ones' runs,
     and the performance appendix reports their times."""
     h = hashlib.sha1(md.read_bytes())
+    h.update(package_digest().encode())
     h.update(json.dumps({"profile": profile, **params}, sort_keys=True, default=str).encode())
     h.update(before.encode())
     return h.hexdigest()

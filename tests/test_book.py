@@ -171,6 +171,25 @@ def test_a_chapter_reruns_when_an_earlier_one_changed(tmp_path):
     assert book._key(b, "cpu", {}, "x") == book._key(b, "cpu", {}, "x")
 
 
+def test_a_chapter_reruns_when_the_package_changed(tmp_path, monkeypatch):
+    """The key covers the package's code: an edited function (or profile) reruns the chapters,
+    a byte-identical package does not."""
+    import shutil
+    pkg = tmp_path / "lossless"
+    shutil.copytree(book.PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(book, "PACKAGE", pkg)
+    md = tmp_path / "a.md"
+    md.write_text("# A\n")
+    key = book._key(md, "cpu", {})
+    assert book._key(md, "cpu", {}) == key
+    pseudo = pkg / "pseudo.py"
+    pseudo.write_text(pseudo.read_text().replace("never the hidden true one", "never the true one"))
+    assert book._key(md, "cpu", {}) != key
+    changed = book._key(md, "cpu", {})
+    (pkg / "profiles" / "cpu.yaml").write_text((pkg / "profiles" / "cpu.yaml").read_text() + "\n")
+    assert book._key(md, "cpu", {}) != changed
+
+
 def test_chapter_times_are_read_in_reading_order(tmp_path, monkeypatch):
     from lossless import runs
     (tmp_path / "executed").mkdir()
