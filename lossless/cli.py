@@ -129,8 +129,12 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
                                         for row in t1.best_rows(r, m)]}
     if args.name == "screen":
         from .experiments import screen as sc
-        r = sc.screen(cfg, seeds=3 if args.seeds is None else args.seeds, epochs=args.screen_epochs,
-                      pilot_seeds=args.pilot_seeds, finalists=args.finalists)
+        seeds = 3 if args.seeds is None else args.seeds
+        r = sc.screen(cfg, seeds=seeds, epochs=args.screen_epochs, pilot_seeds=args.pilot_seeds,
+                      finalists=args.finalists)
+        r["command"] = (f"lossless experiment screen --profile {cfg['profile']} --seeds {seeds} --pilot-seeds "
+                        f"{args.pilot_seeds} --finalists {args.finalists}"
+                        + (f" --screen-epochs {args.screen_epochs}" if args.screen_epochs is not None else ""))
         out = write_record(r, "screen", cfg["profile"], args.out)
         return {"written_to": str(out), "best_by_validation": r["best_by_validation"], "rows": sc.rows(r)}
     if args.name == "architectures":
