@@ -81,7 +81,7 @@ def test_book_accepts_the_chapters_own_parameters(tmp_path, capsys):
     err = capsys.readouterr().err
     assert ("-p sedes: unknown parameter; chapter parameters: al_experiment_seeds, al_finetune_seeds, al_strategies, "
             "all_rules, arch_seeds, compare_finetune_seeds, compare_seeds, ensemble_seeds, filter_channels, filter_image, filter_layer, "
-            "filter_methods, fixmatch_seeds, rerun_arch, rerun_screen, screen_epochs, screen_seeds, seeds; configuration "
+            "filter_methods, fixmatch_seeds, rerun_arch, rerun_screen, screen_finalists, screen_pilot_seeds, screen_seeds, seeds; configuration "
             "parameters: dataset") in err
     assert main(["book", "--profile", "smoke", "-p", "ssl_epochs", "0", "--notebooks-only", str(out)]) == 2
     assert "ssl_epochs=0 is not allowed" in capsys.readouterr().err
