@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .. import config as config_mod
@@ -368,3 +369,42 @@ def budget_means(result: Mapping[str, Any]) -> list[dict]:
     """Per labels-per-class budget: the mean test accuracy of both starts and the seed count."""
     return [{"labels_per_class": k, "seeds": s["supervised"]["n"], **{m: v["mean"] for m, v in s.items()}}
             for k, s in _by_budget(result)]
+
+
+def probe_label_curve(cfg: Mapping[str, Any], backbone_path: Path, per_class=(32, 100, 500)) -> list[dict]:
+    """What limits the linear probe: the labels or the features? The frozen backbone's linear
+    probe and logistic regression on pixels (its C chosen on validation at the configuration's
+    own labels, :func:`pixel_baselines`) trained on ``per_class`` images a class drawn from the
+    unlabelled pool with their hidden labels (a measurement, never a training input of the
+    pipeline), each scored on the test set. Stored beside the backbone like the probes."""
+    backbone_path = Path(backbone_path)
+    stat = backbone_path.stat()
+    key = {"backbone": str(backbone_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+           **{k: cfg.get(k) for k in PROBE_KEYS}, "per_class": list(per_class), "version": 1}
+    stored = backbone_path.parent / "probes" / f"labels-{runs.config_hash(key)}.json"
+    if stored.is_file():
+        return runs.read_json(stored)["rows"]
+    device = resolve_device(cfg["device"])
+    amp = resolve_precision(cfg["precision"], device)
+    split = load_data(cfg, False)
+    backbone = backbone_for(cfg, split.data)
+    ckpt = load_backbone(backbone_path, cfg, backbone)
+    backbone = backbone.to(device)
+    aug = Augmenter([], ckpt["mean"], ckpt["std"])
+    c_pixels = pixel_baselines(cfg)["linear_c"]
+    pool, truth = split.unlabelled, split.true_labels("unlabelled")
+    rng = np.random.default_rng(cfg["seed"])
+    order = rng.permutation(len(pool))
+    test_images, test_y = split.images("test"), split.labels("test")
+    test_feats = embed(backbone, test_images, aug, device, amp)
+    flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / 255.0  # noqa: E731
+    rows = []
+    for k in per_class:
+        picked = np.sort(np.concatenate([order[truth[order] == c][:k] for c in range(split.data.num_classes)]))
+        images, y = split.data.images[pool[picked]], truth[picked]
+        rows.append({"labels per class": int(k), "images": int(len(y)),
+                     "linear probe": linear_probe_accuracy(embed(backbone, images, aug, device, amp), y, test_feats, test_y),
+                     "pixels, logistic regression": linear_probe_accuracy(flat(images), y, flat(test_images), test_y,
+                                                                           c=c_pixels)})
+    runs.write_json(stored, {"rows": rows})
+    return rows
