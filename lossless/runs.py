@@ -45,7 +45,10 @@ def run_dir(cfg: Mapping[str, Any], stage: str, keys: Mapping[str, Any]) -> Path
     path = runs_root(cfg) / f"{stage}-{config_hash(keys)}"
     with disk_errors(path):
         path.mkdir(parents=True, exist_ok=True)
-    if not (path / "config.json").exists():
+    from . import distributed
+    # rank 0 alone writes it: another rank's temporary file could be swept away by rank 0's
+    # claim (remove_stale_temporaries) while that rank is still writing
+    if distributed.info().is_main and not (path / "config.json").exists():
         write_json(path / "config.json", dict(keys))
     return path
 
