@@ -33,8 +33,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "profile": ("the profile's own recipe", {}),
     "no-blur": ("no blur (sigma 0.1 px: the kernel is the identity)", {"blur_sigma_max": 0.1}),
     "projector-512": ("a narrower projector (3 x 512)", {"projector": "512-512-512"}),
-    "resnet10-width-0.5": ("a wider, shallower network (ResNet-10 at half width, 256 features) for the "
-                           "profile's minutes (8 epochs)", {"backbone": "resnet10", "width": 0.5, "ssl_epochs": 8}),
+    "resnet10-width-0.5": ("a wider, shallower network (ResNet-10 at half width, 256 features), 8 epochs: "
+                           "fewer minutes than the profile's", {"backbone": "resnet10", "width": 0.5, "ssl_epochs": 8}),
     "epochs-27": ("half as many epochs again (27)", {"ssl_epochs": 27}),
 }
 METRICS = ("linear_val", "knn_val", "linear_test", "knn_test")
