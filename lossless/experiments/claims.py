@@ -80,10 +80,9 @@ def _frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
     return {"knn_probe": out["knn_test"], "linear_probe": out["linear_test"]}
 
 
-def probe_backbone(cfg: Mapping[str, Any], backbone_path: Path, splits=("val", "test")) -> dict:
-    """k-NN (``knn_k`` neighbours) and linear probe of a frozen backbone: the labelled images'
-    features as the bank / training set, each of ``splits`` scored (``knn_<split>``,
-    ``linear_<split>``)."""
+def frozen_features(cfg: Mapping[str, Any], backbone_path: Path):
+    """``cfg``'s split and a function from (N, H, W, C) uint8 images to the frozen backbone's
+    features (its pretraining normalisation, the configured device and precision)."""
     device = resolve_device(cfg["device"])
     amp = resolve_precision(cfg["precision"], device)
     split = load_data(cfg, False)
@@ -91,10 +90,18 @@ def probe_backbone(cfg: Mapping[str, Any], backbone_path: Path, splits=("val", "
     ckpt = load_backbone(backbone_path, cfg, backbone)
     backbone = backbone.to(device)
     aug = Augmenter([], ckpt["mean"], ckpt["std"])
-    bank, yb = embed(backbone, split.images("labelled"), aug, device, amp), split.labels("labelled")
+    return split, lambda images: embed(backbone, images, aug, device, amp)
+
+
+def probe_backbone(cfg: Mapping[str, Any], backbone_path: Path, splits=("val", "test")) -> dict:
+    """k-NN (``knn_k`` neighbours) and linear probe of a frozen backbone: the labelled images'
+    features as the bank / training set, each of ``splits`` scored (``knn_<split>``,
+    ``linear_<split>``)."""
+    split, features = frozen_features(cfg, backbone_path)
+    bank, yb = features(split.images("labelled")), split.labels("labelled")
     out = {}
     for name in splits:
-        feats, y = embed(backbone, split.images(name), aug, device, amp), split.labels(name)
+        feats, y = features(split.images(name)), split.labels(name)
         out[f"knn_{name}"] = knn_accuracy(bank, torch.from_numpy(yb), feats, torch.from_numpy(y), k=cfg["knn_k"],
                                           num_classes=split.data.num_classes)
         out[f"linear_{name}"] = linear_probe_accuracy(bank, yb, feats, y)
@@ -384,26 +391,20 @@ def probe_label_curve(cfg: Mapping[str, Any], backbone_path: Path, per_class=(32
     stored = backbone_path.parent / "probes" / f"labels-{runs.config_hash(key)}.json"
     if stored.is_file():
         return runs.read_json(stored)["rows"]
-    device = resolve_device(cfg["device"])
-    amp = resolve_precision(cfg["precision"], device)
-    split = load_data(cfg, False)
-    backbone = backbone_for(cfg, split.data)
-    ckpt = load_backbone(backbone_path, cfg, backbone)
-    backbone = backbone.to(device)
-    aug = Augmenter([], ckpt["mean"], ckpt["std"])
+    split, features = frozen_features(cfg, backbone_path)
     c_pixels = pixel_baselines(cfg)["linear_c"]
     pool, truth = split.unlabelled, split.true_labels("unlabelled")
     rng = np.random.default_rng(cfg["seed"])
     order = rng.permutation(len(pool))
     test_images, test_y = split.images("test"), split.labels("test")
-    test_feats = embed(backbone, test_images, aug, device, amp)
+    test_feats = features(test_images)
     flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / 255.0  # noqa: E731
     rows = []
     for k in per_class:
         picked = np.sort(np.concatenate([order[truth[order] == c][:k] for c in range(split.data.num_classes)]))
         images, y = split.data.images[pool[picked]], truth[picked]
         rows.append({"labels per class": int(k), "images": int(len(y)),
-                     "linear probe": linear_probe_accuracy(embed(backbone, images, aug, device, amp), y, test_feats, test_y),
+                     "linear probe": linear_probe_accuracy(features(images), y, test_feats, test_y),
                      "pixels, logistic regression": linear_probe_accuracy(flat(images), y, flat(test_images), test_y,
                                                                            c=c_pixels)})
     runs.write_json(stored, {"rows": rows})
