@@ -416,7 +416,9 @@ def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: in
     and the stored features) so a chapter can draw it: the pool's margins, the candidates, their
     k-means clusters in a 2-D principal-component projection, which of them were requested (the
     stored request file), whether the recomputed choice equals the stored one, and the pool images
-    at the smallest and largest margins with their top two classes."""
+    at the smallest and largest margins with their top two classes. For a chapter that writes
+    the rule out: every pool image's class probabilities and what k-means clusters
+    (``embedding``), the k-means seed, and the requested images' pool positions (``stored``)."""
     from sklearn.decomposition import PCA
     feats = frozen_features(cfg, Path(result["backbone"]))
     split, xs, train = seed_state(cfg, seed, feats)
@@ -440,7 +442,10 @@ def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: in
         top = np.argsort(-p, 1)[:, :2]
         return (data.images[pool[positions]],
                 [f"{data.classes[a][:7]}/{data.classes[b][:7]}\n{sc.margin[q]:.2g}" for q, (a, b) in zip(positions, top)])
+    every = head_softmax(head, xs[pool]) if cfg["al_features"] == "softmax" else np.asarray(feats[pool])
     return {"margin": sc.margin, "candidates": len(cand), "pool": len(pool),
+            "probabilities": head_softmax(head, xs[pool]), "embedding": every,
+            "kmeans_seed": seed * 1000 + 1, "stored": np.searchsorted(pool, stored),
             "xy": PCA(2, random_state=0).fit_transform(space), "cluster": clusters,
             "requested": np.isin(pool[cand], stored), "matches_stored": bool(np.array_equal(np.sort(pool[again.positions]),
                                                                                           np.sort(stored))),
