@@ -192,6 +192,7 @@ def write_notebook(md: Path, out: Path, profile: str | None = None, params: Mapp
 def write_parameterised(out: Path, profile: str, params: Mapping[str, Any] | None = None,
                         root: Path = ROOT) -> list[Path]:
     """Every chapter as a notebook with ``profile`` injected (what nbval runs)."""
+    params = with_profile_defaults(profile, params, root)
     if out.exists():
         shutil.rmtree(out)
     return [write_notebook(md, out / f"{md.stem}.ipynb", profile, params) for md in chapter_notebooks(root)]
@@ -359,9 +360,21 @@ def build_html(out_dir: Path, root: Path = ROOT, warnings_are_errors: bool = Tru
     return site / "_build" / "html"
 
 
+def with_profile_defaults(profile: str, params: Mapping[str, Any] | None, root: Path = ROOT) -> dict[str, Any]:
+    """``params`` over the profile's ``chapters:`` defaults (``config.chapter_defaults``), each
+    default checked as ``-p`` checks a value (an unknown name or a wrong type names the profile)."""
+    from . import config
+    defaults = config.chapter_defaults(profile)
+    try:
+        typed = check_params(profile, defaults, root) if defaults else {}
+    except LosslessError as exc:
+        raise LosslessError(f"profile {profile}, 'chapters:' -> {exc}") from None
+    return {**typed, **dict(params or {})}
+
+
 def build_book(profile: str, params: Mapping[str, Any] | None = None, root: Path = ROOT,
                html: bool = True, progress: bool = True) -> dict:
-    params = dict(params or {})
+    params = with_profile_defaults(profile, params, root)
     out_dir = book_dir(profile, params, root)
     t0 = time.perf_counter()
     chapters = run_chapters(profile, params, root, out_dir, progress)

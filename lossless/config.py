@@ -441,6 +441,23 @@ def profile_path(name_or_path: str | os.PathLike) -> Path:
     )
 
 
+CHAPTERS_KEY = "chapters"  # a profile's defaults for the chapters' own parameters (seed counts)
+
+
+def chapter_defaults(name: str | os.PathLike = DEFAULT_PROFILE) -> dict[str, Any]:
+    """The ``chapters:`` mapping of a profile's file: values for the chapters' own parameters
+    (``seeds``, ``al_experiment_seeds``, ...) that a book of this profile uses unless ``-p``
+    gives others. The smoke profile runs two seeds where the cpu profile's chapters run five."""
+    path = profile_path(name)
+    values = yaml.safe_load(path.read_text()) or {}
+    found = values.get(CHAPTERS_KEY) if isinstance(values, dict) else None
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise ConfigError(f"profile file {path}: '{CHAPTERS_KEY}' must be a mapping of chapter parameter: value")
+    return dict(found)
+
+
 def load_profile(name: str | os.PathLike = DEFAULT_PROFILE,
                  overrides: Mapping[str, Any] | Iterable[str] | None = None,
                  **kwargs: Any) -> Config:
@@ -455,6 +472,7 @@ def load_profile(name: str | os.PathLike = DEFAULT_PROFILE,
         raise ConfigError(f"profile file {path} must hold a mapping of key: value lines")
     cfg = Config({k: v for k, (v, _, _) in PARAMETERS.items()})
     cfg["profile"] = Path(name).stem if path.parent != PROFILE_DIR else path.stem
+    values.pop(CHAPTERS_KEY, None)  # the book's chapter parameters (lossless.book reads them)
     _apply(cfg, values, source=str(path))
     if overrides:
         if not isinstance(overrides, Mapping):

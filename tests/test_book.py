@@ -295,3 +295,26 @@ def test_a_chapter_that_ran_again_makes_the_later_ones_run(tmp_path, monkeypatch
     ran.clear()
     book._run_each_chapter("smoke", {}, ROOT, out, progress=False)
     assert ran == [md.stem for md in CHAPTERS[2:]]                  # ...and every chapter after it
+
+
+def test_a_profile_sets_the_chapters_seed_counts_and_p_overrides_them(tmp_path):
+    smoke = book.with_profile_defaults("smoke", {})
+    assert smoke["seeds"] == 2 and smoke["al_experiment_seeds"] == 2       # the smoke book runs 2 seeds
+    assert book.with_profile_defaults("smoke", {"seeds": 4})["seeds"] == 4  # -p wins
+    assert book.with_profile_defaults("cpu", {}) == {}                      # the chapters' own defaults
+    nbs = book.write_parameterised(tmp_path / "nb", "smoke")
+    results = next(p for p in nbs if p.stem == "results")
+    injected = [c for c in jupytext.read(results).cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "seeds = 2" in injected[0].source
+
+
+@pytest.mark.parametrize("entry, named", [("seeds: two", "seeds"), ("no_such_parameter: 1", "no_such_parameter")])
+def test_a_bad_chapters_entry_in_a_profile_is_one_line_naming_it(tmp_path, entry, named):
+    from lossless.errors import LosslessError
+    profile = tmp_path / "mine.yaml"
+    profile.write_text((ROOT / "lossless" / "profiles" / "smoke.yaml").read_text().split("chapters:")[0]
+                       + f"chapters:\n  {entry}\n")
+    with pytest.raises(LosslessError) as err:
+        book.with_profile_defaults(str(profile), {})
+    message = str(err.value)
+    assert "\n" not in message and "chapters:" in message and named in message and "mine" in message
