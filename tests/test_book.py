@@ -318,3 +318,14 @@ def test_a_bad_chapters_entry_in_a_profile_is_one_line_naming_it(tmp_path, entry
         book.with_profile_defaults(str(profile), {})
     message = str(err.value)
     assert "\n" not in message and "chapters:" in message and named in message and "mine" in message
+
+
+def test_every_record_a_chapter_reads_has_a_smoke_version_so_ci_runs_its_branch():
+    # the smoke book (built by test_smoke_book_builds_and_renders and nbval) then takes each
+    # chapter's record-reading branch: a change in a record's format fails here, not in `make book`
+    names = set()
+    for md in CHAPTERS:
+        names |= set(re.findall(r'read_record\(\s*"([\w-]+)"', md.read_text()))
+    assert names >= {"claims", "claims-rules", "architectures", "screen"}
+    missing = [n for n in sorted(names) if not (ROOT / "benchmarks" / "results" / f"{n}-smoke.json").is_file()]
+    assert not missing, f"no smoke record for {missing}: make it with `lossless experiment ... --profile smoke`"
