@@ -359,6 +359,12 @@ def test_the_backbone_study_pilots_every_recipe_then_pairs_the_finalist(tmp_path
         sc.screen(cfg, {"x": ("", {"no_such_key": 1})}, seeds=2, epochs=1)
     with pytest.raises(config.ConfigError, match="pilot_seeds"):
         sc.screen(cfg, recipes, seeds=2, epochs=1, pilot_seeds=3)
+    monkeypatch.undo()
+    grown = sc.screen(cfg, recipes, seeds=2, epochs=1, pilot_seeds=1, finalists=2)  # the loser runs seed 1
+    assert [x["seed"] for x in grown["runs"][loser]] == [0, 1]
+    again = sc.screen(cfg, recipes, seeds=2, epochs=1, pilot_seeds=1, finalists=1)
+    assert [x["seed"] for x in again["runs"][loser]] == [0, 1]  # a seed already run is kept, not dropped
+    assert again["summary"][loser]["minus_reference"]["linear_val"]["n"] == 2
 
 
 def test_architecture_comparisons_pair_seeds_against_the_reference():

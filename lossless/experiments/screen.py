@@ -4,7 +4,8 @@ Each recipe is a set of parameter overrides on the profile, pretrained at the **
 length** (the profile's ``ssl_epochs`` unless a recipe sets its own) and judged by the frozen
 features' k-NN and linear-probe accuracy. It runs in two rounds, as successive halving does:
 every recipe on the first ``pilot_seeds`` seeds; then the ``finalists`` best by validation and
-the profile's own recipe on ``seeds`` seeds, each seed a labelled set and a pretraining run, the
+the profile's own recipe on ``seeds`` seeds (a recipe also keeps any further seed whose run is
+already stored, from an earlier round of a study that grew), each seed a labelled set and a pretraining run, the
 difference from the profile paired by seed with a 95% interval. Recipes are chosen by
 **validation** accuracy (the linear probe trained on the labelled images, scored on the
 validation images); test accuracy is reported beside it and never used to choose.
@@ -25,7 +26,7 @@ import numpy as np
 from .. import config as config_mod
 from .. import runs
 from ..evaluate import mean_std, paired_difference
-from ..pretrain import pretrain
+from ..pretrain import pretrain, pretrain_dir
 from .claims import probe_backbone
 
 # name -> (what it changes, overrides). The first is the profile's own recipe, the reference.
@@ -36,17 +37,30 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "resnet10-width-0.5": ("a wider, shallower network (ResNet-10 at half width, 256 features), 8 epochs: "
                            "fewer minutes than the profile's", {"backbone": "resnet10", "width": 0.5, "ssl_epochs": 8}),
     "epochs-27": ("half as many epochs again (27)", {"ssl_epochs": 27}),
+    "batch-128": ("batch 128: twice the steps, the rate scaled by 128/256", {"ssl_batch_size": 128}),
+    "weight-decay-3e-5": ("weight decay 3e-5 (30x): against the 1/32 loss scale, the ratio of CIFAR recipes",
+                          {"ssl_weight_decay": 3e-5}),
 }
 METRICS = ("linear_val", "knn_val", "linear_test", "knn_test")
 
 
-def one(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, epochs: int) -> dict:
-    """One recipe on one seed: pretrain (or load), then probe (stored beside the run). A recipe
-    that sets ``ssl_epochs`` keeps its own length."""
+def recipe_config(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, epochs: int):
+    """The configuration of one recipe on one seed. A recipe that sets ``ssl_epochs`` keeps its
+    own length."""
     c = config_mod.load_profile(cfg["profile"], {k: v for k, v in cfg.items() if k != "profile"},
                                 **{"seed": seed, "ssl_epochs": epochs, **overrides})
     warm = min(c["ssl_warmup_epochs"], max(0, c["ssl_epochs"] - 1))
-    c = c.replace(ssl_warmup_epochs=warm)
+    return c.replace(ssl_warmup_epochs=warm)
+
+
+def finished(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, epochs: int) -> bool:
+    """Whether that recipe's pretraining on that seed has already run to its end."""
+    return runs.find_result(pretrain_dir(recipe_config(cfg, overrides, seed, epochs))) is not None
+
+
+def one(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, epochs: int) -> dict:
+    """One recipe on one seed: pretrain (or load), then probe (stored beside the run)."""
+    c = recipe_config(cfg, overrides, seed, epochs)
     t0 = time.perf_counter()
     result = pretrain(c)
     stored = Path(result["run"]) / "screen-probes.json"
@@ -100,6 +114,9 @@ def screen(cfg: Mapping[str, Any], recipes: Mapping[str, tuple[str, dict]] | Non
     chosen = sorted((n for n in recipes if n != reference), key=lambda n: -pilot[n])[:finalists]
     for name in [reference] + chosen:                      # round 2: the finalists, every seed
         run(name, range(seeds))
+    for name in recipes:                                   # and every seed already run (a study
+        run(name, [s for s in range(seeds)                 # that grew keeps what it measured)
+                   if finished(cfg, recipes[name][1], s, epochs)])
 
     summary = {name: {m: mean_std([r[m] for r in rs]) for m in METRICS} for name, rs in rows.items()}
     ref = {r["seed"]: r for r in rows[reference]}
