@@ -125,9 +125,12 @@ def injected(md: Path, profile: str, params: Mapping[str, Any]) -> dict[str, Any
     """What papermill injects into a chapter: only the values that differ from the chapter's own
     ``parameters`` cell. The rendered page then shows an "injected-parameters" cell exactly when
     the build changed something, and that cell says what; a default build shows the reader the
-    chapter as written, not a second ``profile = "cpu"``."""
+    chapter as written, not a second ``profile = "cpu"``. A chapter parameter that this chapter
+    does not declare (another chapter's seed count) is not injected here."""
+    from . import config
     defaults = declared_defaults(md)
-    return {k: v for k, v in {"profile": profile, **params}.items() if k not in defaults or defaults[k] != v}
+    mine = {k: v for k, v in params.items() if k in config.PARAMETERS or k in defaults}
+    return {k: v for k, v in {"profile": profile, **mine}.items() if k not in defaults or defaults[k] != v}
 
 
 def check_params(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> dict[str, Any]:
@@ -184,7 +187,8 @@ def write_notebook(md: Path, out: Path, profile: str | None = None, params: Mapp
         import nbformat
         from papermill.iorw import load_notebook_node
         from papermill.parameterize import parameterize_notebook
-        nb = parameterize_notebook(load_notebook_node(str(out)), {"profile": profile, **(params or {})})
+        values = {"profile": profile, **injected(md, profile, params or {})}
+        nb = parameterize_notebook(load_notebook_node(str(out)), values)
         nbformat.write(nb, str(out))
     return out
 

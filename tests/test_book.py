@@ -219,6 +219,7 @@ def test_papermill_injects_only_what_differs_from_the_chapter():
     assert book.injected(results, "cpu", {"seeds": 5, "all_rules": False}) == {}
     assert book.injected(results, "cpu", {"all_rules": True}) == {"all_rules": True}
     assert book.injected(results, "smoke", {"seeds": 10, "seed": 3}) == {"profile": "smoke", "seeds": 10, "seed": 3}
+    assert book.injected(results, "smoke", {"al_experiment_seeds": 2}) == {"profile": "smoke"}  # another chapter's
 
 
 def test_a_chapter_reruns_when_an_earlier_one_changed(tmp_path):
