@@ -442,9 +442,10 @@ def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: in
         top = np.argsort(-p, 1)[:, :2]
         return (data.images[pool[positions]],
                 [f"{data.classes[a][:7]}/{data.classes[b][:7]}\n{sc.margin[q]:.2g}" for q, (a, b) in zip(positions, top)])
-    every = head_softmax(head, xs[pool]) if cfg["al_features"] == "softmax" else np.asarray(feats[pool])
+    probabilities = head_softmax(head, xs[pool])
+    every = probabilities if cfg["al_features"] == "softmax" else np.asarray(feats[pool])
     return {"margin": sc.margin, "candidates": len(cand), "pool": len(pool),
-            "probabilities": head_softmax(head, xs[pool]), "embedding": every,
+            "probabilities": probabilities, "embedding": every,
             "kmeans_seed": seed * 1000 + 1, "stored": np.searchsorted(pool, stored),
             "xy": PCA(2, random_state=0).fit_transform(space), "cluster": clusters,
             "requested": np.isin(pool[cand], stored), "matches_stored": bool(np.array_equal(np.sort(pool[again.positions]),
