@@ -46,10 +46,12 @@ $(STAMP): pyproject.toml
 book: setup
 	$(BIN)/lossless book --profile $(PROFILE)
 
-# The unit tests, then nbval over every chapter with the smoke profile injected.
+# The unit tests and nbval over every chapter with the smoke profile injected, on two workers;
+# nbval's run is the smoke book's execution (tests/nbval_book.py), which the rendering test then renders.
 test: setup
 	$(BIN)/lossless book --profile smoke --notebooks-only runs/nbval > /dev/null
-	$(BIN)/python -m pytest -q tests --nbval-lax --nbval-current-env runs/nbval
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not render" tests --nbval-lax --nbval-current-env runs/nbval
+	$(BIN)/python -m pytest -q -m render tests
 
 bench: setup
 	$(BIN)/lossless bench train

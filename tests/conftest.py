@@ -2,15 +2,66 @@
 from __future__ import annotations
 
 import gzip
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on two cores: one thread each (torch, and the kernels and
+    # subprocesses they start), not two each fighting over the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config):
+    from nbval_book import NbvalBook
+    config.pluginmanager.register(NbvalBook(), "nbval-book")
+
+
+@pytest.fixture(scope="session")
+def _smoke_cache(tmp_path_factory) -> Path:
+    """A data cache holding the smoke profile's synthetic dataset, decoded once per test session
+    (per worker): most tests run the smoke profile, and building it costs each of them 0.3-1.5 s."""
+    from lossless import config
+    from lossless.data import load_dataset
+    root = tmp_path_factory.mktemp("smoke-cache")
+    load_dataset(config.load_profile("smoke", {"cache_dir": str(root)}), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def _smoke_pretrained(tmp_path_factory, _smoke_cache) -> Path:
+    """A runs folder holding the smoke profile's pretrained backbone (seed 0), trained once per
+    test session (per worker)."""
+    from lossless import config
+    from lossless.pretrain import pretrain
+    root = tmp_path_factory.mktemp("smoke-runs")
+    shutil.copytree(_smoke_cache, root / "cache")            # its stored split stays out of the tests' copies
+    pretrain(config.load_profile("smoke", {"runs_dir": str(root / "runs"), "cache_dir": str(root / "cache"),
+                                           "progress": False}))
+    return root / "runs"
+
+
+@pytest.fixture
+def smoke_backbone(tmp_path, _smoke_pretrained) -> Path:
+    """``tmp_path / "runs"`` already holding the smoke profile's pretrained backbone (seed 0), for
+    the tests that need a trained network, not a pretraining: a smoke stage with
+    ``runs_dir=tmp_path / "runs"`` finds it finished instead of training its own (about 20 tests)."""
+    runs = tmp_path / "runs"
+    for run in _smoke_pretrained.glob("pretrain-*"):
+        shutil.copytree(run, runs / run.name)
+        result = runs / run.name / "result.json"                 # its paths name this copy
+        result.write_text(result.read_text().replace(str(_smoke_pretrained), str(runs)))
+    return runs
+
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    """Every test gets its own cache folder and no LOSSLESS_DATA from the environment."""
+def _isolated_cache(tmp_path, monkeypatch, _smoke_cache):
+    """Every test gets its own cache folder, a copy of the session's (so a test that damages or
+    rebuilds its cache touches no other test's), and no LOSSLESS_DATA from the environment."""
+    shutil.copytree(_smoke_cache, tmp_path / "cache")   # copy2 keeps the times meta.json records
     monkeypatch.setenv("LOSSLESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("LOSSLESS_DATA", raising=False)
 

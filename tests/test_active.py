@@ -177,7 +177,7 @@ def test_select_and_answer_commands_on_a_nyu_layout_folder(tmp_path, capsys):
     assert "budget=23 is more than the 22 images in the pool" in capsys.readouterr().err
 
 
-def test_select_on_fashion_like_data_reports_what_was_already_right(tmp_path, capsys):
+def test_select_on_fashion_like_data_reports_what_was_already_right(tmp_path, smoke_backbone, capsys):
     import json
 
     from lossless.cli import main
@@ -191,7 +191,7 @@ def test_select_on_fashion_like_data_reports_what_was_already_right(tmp_path, ca
     assert "al_per_cluster=3 x 10 clusters = 30 requests, fewer than the budget of 31" in capsys.readouterr().err
 
 
-def test_select_clusters_the_softmax_when_asked_and_defaults_to_al_budget(tmp_path, capsys):
+def test_select_clusters_the_softmax_when_asked_and_defaults_to_al_budget(tmp_path, smoke_backbone, capsys):
     import json
 
     from lossless.cli import main

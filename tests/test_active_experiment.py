@@ -89,7 +89,7 @@ def test_the_dropout_keeps_its_share_and_scales_to_the_same_mean():
     assert torch.equal(ex._Dropout(0.3, seed=0)(z), out)            # a seed gives the same masks
 
 
-def test_stored_features_equal_the_backbone_and_are_computed_once(tmp_path):
+def test_stored_features_equal_the_backbone_and_are_computed_once(tmp_path, smoke_backbone):
     from lossless.augment import Augmenter
     from lossless.engine import resolve_precision
     from lossless.features import frozen_features
@@ -116,7 +116,7 @@ def test_stored_features_equal_the_backbone_and_are_computed_once(tmp_path):
         frozen_features(cfg)
 
 
-def test_finetuning_with_answered_requests(tmp_path):
+def test_finetuning_with_answered_requests(tmp_path, smoke_backbone):
     from lossless.finetune import finetune
     from lossless.pretrain import load_data
     cfg = smoke(tmp_path)
@@ -136,7 +136,7 @@ def test_finetuning_with_answered_requests(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_experiment_on_smoke_resumes_and_keeps_its_books(tmp_path):
+def test_the_experiment_on_smoke_resumes_and_keeps_its_books(tmp_path, smoke_backbone):
     cfg = smoke(tmp_path)
     res = ex.experiment(cfg, seeds=2)
     from lossless.pretrain import load_data

@@ -110,6 +110,7 @@ def test_chapter_conventions(md):
 
 
 @pytest.mark.slow
+@pytest.mark.render
 def test_smoke_book_builds_and_renders(tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
@@ -330,3 +331,27 @@ def test_every_record_a_chapter_reads_has_a_smoke_version_so_ci_runs_its_branch(
     assert names >= {"claims", "claims-rules", "architectures", "screen"}
     missing = [n for n in sorted(names) if not (ROOT / "benchmarks" / "results" / f"{n}-smoke.json").is_file()]
     assert not missing, f"no smoke record for {missing}: make it with `lossless experiment ... --profile smoke`"
+
+
+def test_nbval_notebooks_become_the_books_chapters_only_when_their_cells_are_the_builds(tmp_path, monkeypatch):
+    """make test's nbval run is the smoke book's execution (tests/nbval_book.py): a notebook nbval
+    ran is adopted with the key `lossless book` computes, unless its cells differ from the ones
+    the build would run (then it, and every chapter after it, is left for the build to execute)."""
+    import nbformat
+    from nbval_book import PROFILE, NbvalBook
+    monkeypatch.setenv("LOSSLESS_RUNS", str(tmp_path / "runs"))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    plugin = NbvalBook()
+    stems = list(plugin.chapters)[:3]
+    for stem in stems:
+        nb = jupytext.read(book.write_notebook(plugin.chapters[stem], tmp_path / f"{stem}.ipynb", PROFILE, plugin.params))
+        plugin._stage(stem, nb)
+    edited = nbformat.read(plugin._staged(stems[1]), as_version=4)
+    edited.cells[-1].source += "\n# a cell that is not the chapter's"
+    nbformat.write(edited, plugin._staged(stems[1]))
+    plugin.pytest_sessionfinish(None)
+    executed = plugin.out_dir / "executed"
+    first = executed / f"{stems[0]}.ipynb"
+    assert first.is_file() and first.with_suffix(".key").read_text() == book._key(
+        plugin.chapters[stems[0]], PROFILE, plugin.params, "")
+    assert not (executed / f"{stems[1]}.ipynb").exists() and not (executed / f"{stems[2]}.ipynb").exists()

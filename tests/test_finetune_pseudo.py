@@ -86,7 +86,7 @@ def test_gradual_rule_splits_rounds_and_epochs(tmp_path):
         smoke(tmp_path, pl_rule="greedy")
 
 
-def test_control_rule_trains_the_same_rounds_without_pseudo_labels(tmp_path):
+def test_control_rule_trains_the_same_rounds_without_pseudo_labels(tmp_path, smoke_backbone):
     cfg = smoke(tmp_path, pl_rounds="5,5", pl_rule="none")
     pretrain(cfg)
     result = pseudo_label(cfg)
@@ -167,7 +167,7 @@ def test_calibration_error_against_hand_computation():
     assert cal["count"][9] == 2 and cal["count"][5] == 4
 
 
-def test_finetuning_trains_with_two_learning_rates(tmp_path):
+def test_finetuning_trains_with_two_learning_rates(tmp_path, smoke_backbone):
     cfg = smoke(tmp_path, ft_epochs=4)
     pre = pretrain(cfg)
     before = runs.load_checkpoint(Path(pre["backbone"]))["backbone"]
@@ -194,7 +194,7 @@ def test_missing_or_foreign_pretraining_checkpoint(tmp_path):
         finetune(smoke(tmp_path, width=0.5), "barlow", Path(pre["backbone"]))
 
 
-def test_pseudo_labelled_images_leave_the_pool(tmp_path):
+def test_pseudo_labelled_images_leave_the_pool(tmp_path, smoke_backbone):
     cfg = smoke(tmp_path, pl_rounds="5,5")
     pretrain(cfg)
     result = pseudo_label(cfg)
@@ -237,7 +237,7 @@ def test_interrupted_round_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert resumed["rounds"] == straight["rounds"]  # same selections, precisions and accuracies
 
 
-def test_classifier_keeps_the_pretraining_normalisation_and_reloads_exactly(tmp_path):
+def test_classifier_keeps_the_pretraining_normalisation_and_reloads_exactly(tmp_path, smoke_backbone):
     from lossless import data
     from lossless.engine import resolve_device, resolve_precision
     from lossless.evaluate import report
@@ -306,7 +306,7 @@ class _Clock:
         return self.now
 
 
-def test_throttled_classifier_checkpoints_resume_exactly(tmp_path, monkeypatch):
+def test_throttled_classifier_checkpoints_resume_exactly(tmp_path, smoke_backbone, monkeypatch):
     """Fine-tuning writes last.pt only every CHECKPOINT_SECONDS (the best weights wait in memory);
     a run killed between two writes resumes from the older one and ends bit-identical to a run
     that wrote every epoch, best.pt included."""
@@ -355,7 +355,7 @@ def test_throttled_classifier_checkpoints_resume_exactly(tmp_path, monkeypatch):
             assert torch.equal(a["model"][k], b["model"][k]), (name, k)
 
 
-def test_frozen_probes_are_stored_once_per_backbone_and_labelled_set(tmp_path, monkeypatch):
+def test_frozen_probes_are_stored_once_per_backbone_and_labelled_set(tmp_path, smoke_backbone, monkeypatch):
     import importlib
     cl = importlib.import_module("lossless.experiments.claims")  # the package exports a function of that name
     cfg = smoke(tmp_path)
@@ -420,7 +420,7 @@ def test_pixel_baselines_choose_their_settings_on_validation(tmp_path, monkeypat
         cl.pixel_baselines(smoke(tmp_path, seed=1))
 
 
-def test_claims_with_all_rules_and_controls(tmp_path):
+def test_claims_with_all_rules_and_controls(tmp_path, smoke_backbone):
     import importlib
     cl = importlib.import_module("lossless.experiments.claims")
     cfg = smoke(tmp_path, pl_rounds="5,5")
@@ -444,7 +444,7 @@ def test_claims_with_all_rules_and_controls(tmp_path):
     assert all(not row["claim"].startswith(("pretraining_helps", "pseudo_labels", "extra_", "parts_")) for row in rows)
 
 
-def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path):
+def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path, smoke_backbone):
     """The grid's choice is its best validation accuracy, and it is what every seed's supervised
     baseline (and the budget curve's) trains with; FixMatch runs on the first seeds only and is
     compared, paired, on those."""

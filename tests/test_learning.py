@@ -78,7 +78,7 @@ def _capture_round(monkeypatch, pseudo_mod, split_hook=None):
     return seen
 
 
-def test_pseudo_labels_are_the_models_predictions_never_the_hidden_labels(tmp_path, monkeypatch):
+def test_pseudo_labels_are_the_models_predictions_never_the_hidden_labels(tmp_path, smoke_backbone, monkeypatch):
     """The labels a round trains on are the start classifier's predictions for the images it
     picked; poisoning the pool's hidden true labels changes nothing the model trains on."""
     import dataclasses

@@ -197,6 +197,7 @@ def test_a_full_cache_disk_leaves_no_half_entry(tmp_path, monkeypatch):
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(os, "posix_fallocate", no_space)
+    monkeypatch.setenv("LOSSLESS_CACHE", str(tmp_path / "empty"))     # not the pre-built smoke cache
     from lossless import data
     with pytest.raises(DataError, match=r"cannot build the cache of synthetic: no space left .* free there"):
         data.load_split(config.load_profile("smoke"), progress=False)
@@ -262,7 +263,8 @@ def test_a_same_size_corruption_of_the_cache_is_detected_and_rebuilt(tmp_path, c
     assert np.array_equal(again.images, images) and np.array_equal(again.labels, labels)
 
 
-def test_a_killed_cache_build_leaves_nothing_behind_once_rebuilt(tmp_path):
+def test_a_killed_cache_build_leaves_nothing_behind_once_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOSSLESS_CACHE", str(tmp_path / "empty"))     # not the pre-built smoke cache
     from lossless import data
     from lossless.data.cache import entry_path
     from lossless.data.sources import make_source
