@@ -5,8 +5,8 @@ book's conventions: no index column, percentages as percentages (``percent=`` co
 fractions), signed percentage points (``points=``), integers without decimals (also a float
 column whose values are all whole), an en dash for a missing value, the paper's own numbers
 in grey italics behind a rule (``paper=``: they come from 800 classes of another dataset), and
-a significance column (``significance=``) whose significant gains and losses are coloured alike
-(green and red, bold). ``pm`` writes "mean ± sd"; a table that uses it says in its caption what
+a significance column (``significance=``, the words of ``verdict``) whose gains and losses are
+coloured alike (green and red, bold). ``pm`` writes "mean ± sd"; a table that uses it says in its caption what
 ± is (the sample standard deviation over seeds, ``SD_NOTE``).
 
 Chapters build their rows with the ``*_rows`` functions of ``lossless.experiments`` and pass
@@ -20,7 +20,6 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from .evaluate import side
 
 DASH = "\u2013"  # en dash: a value that does not exist (not run, not defined)
 SD_NOTE = "± is the sample standard deviation over seeds (n - 1 in the denominator)."
@@ -38,9 +37,26 @@ def pm(stats: Mapping[str, float], percent: bool = True, digits: int = 2) -> str
     return f"{scale * stats['mean']:.{digits}f}{unit} ± {scale * stats['std']:.{digits}f}"
 
 
-def significance(interval: Mapping[str, float]) -> str:
-    """What a 95% interval of a difference says, in words that a table can colour."""
-    return {"above": "significant gain", "below": "significant loss", "includes": "not significant"}[side(interval)]
+def verdict(d: Mapping[str, float], small: float = 0.01, reason: bool = False, points: bool = False) -> str:
+    """The one wording of a paired difference's 95% interval, for every table and sentence of the
+    book: "a gain" or "a loss" where it excludes zero; where it includes zero, whether it still
+    bounds the effect below ``small`` (a fraction: 0.01 is one point) or leaves the question
+    open at this many seeds ("undecided at 5 seeds"). ``reason``: with why ("the interval
+    excludes zero: a gain"). ``points``: ``d`` is in points, not fractions (``small`` is not)."""
+    lo, hi = (d["low"] / 100, d["high"] / 100) if points else (d["low"], d["high"])
+    seeds = d.get("n", d.get("seeds"))
+    size = f"{100 * small:g} point" + ("" if small == 0.01 else "s")
+    if lo > 0:
+        why, conclusion = "the interval excludes zero", "a gain"
+    elif hi < 0:
+        why, conclusion = "the interval excludes zero", "a loss"
+    elif hi < small and lo > -small:
+        why, conclusion = f"the interval includes zero and lies within {size} of it", f"any effect is below {size}"
+    elif hi < small:
+        why, conclusion = f"the interval includes zero and its upper end is below {size}", f"any gain is below {size}"
+    else:
+        why, conclusion = f"the interval includes zero and reaches past {size}", f"undecided at {seeds} seeds"
+    return f"{why}: {conclusion}" if reason else conclusion
 
 
 def interval(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> str:
@@ -50,10 +66,12 @@ def interval(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> s
     return f"[{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]"
 
 
-def difference(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> str:
-    """A paired difference as prose: "+1.22 points, 95% interval [+1.00, +1.43], above zero"."""
-    return (f"{scale * d['mean']:+.{digits}f} points, 95% interval {interval(d, scale, digits)}, "
-            f"{side(d)} zero")
+def difference(d: Mapping[str, float], scale: float = 100.0, digits: int = 2, words: bool = True) -> str:
+    """A paired difference as prose: "+1.22 points, 95% interval [+1.00, +1.43]: a gain" (the
+    words of :func:`verdict`; ``words=False``: the numbers alone, for a sentence that words the
+    interval itself). ``scale``: 100 for fractions, 1 for a difference already in points."""
+    text = f"{scale * d['mean']:+.{digits}f} points, 95% interval {interval(d, scale, digits)}"
+    return f"{text}: {verdict(d, points=scale == 1)}" if words else text
 
 
 def _whole(values: Iterable[Any]) -> bool:
@@ -82,9 +100,9 @@ def _formatter(kind: str, digits: int):
 
 def _colour(v: Any) -> str:
     text = str(v)
-    if text.startswith("significant") and ("loss" in text or "worse" in text or "lower" in text):
+    if text.endswith("a loss"):                 # the words of :func:`verdict`
         return "color: #b2182b; font-weight: bold"
-    if text.startswith("significant"):
+    if text.endswith("a gain"):
         return "color: #1a7837; font-weight: bold"
     return ""
 

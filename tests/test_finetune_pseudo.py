@@ -127,9 +127,10 @@ def test_paired_interval_against_hand_computation():
     assert math.isclose(d["low"], 0.03 - half, abs_tol=1e-6) and math.isclose(d["high"], 0.03 + half, abs_tol=1e-6)
 
 
-def test_decide_reads_an_interval_against_zero_and_one_point():
-    from lossless.experiments.claims import decide
+def test_one_function_words_an_interval_against_zero_and_one_point():
+    from lossless.tables import difference, verdict
     d = lambda lo, hi: {"mean": (lo + hi) / 2, "low": lo, "high": hi, "n": 10}  # noqa: E731
+    decide = lambda x, **kw: verdict(x, reason=True, **kw)  # noqa: E731
     assert decide(d(0.001, 0.02)).endswith("a gain")
     assert decide(d(-0.02, -0.001)).endswith("a loss")
     assert "within 1 point" in decide(d(-0.0047, 0.0051))          # the control: both ends inside a point
@@ -137,8 +138,15 @@ def test_decide_reads_an_interval_against_zero_and_one_point():
     assert decide(d(-0.0483, 0.0329)).endswith("undecided at 10 seeds")
     assert decide(d(-0.0483, 0.0329), small=0.05).startswith("the interval includes zero and lies within 5 points")
     assert decide(d(-0.005, 0.01)).endswith("undecided at 10 seeds")   # an end exactly at the bound is not below it
-    assert decide(d(0.001, 0.02), short=True) == "a gain"
-    assert decide(d(-0.0047, 0.0051), short=True) == "any effect is below 1 point"
+    assert verdict(d(0.001, 0.02)) == "a gain"
+    assert verdict(d(-0.0047, 0.0051)) == "any effect is below 1 point"
+    # a difference already in points (active learning's) reads the same as its fraction
+    points = {"mean": 0.05, "low": -0.47, "high": 0.51, "seeds": 5}
+    assert verdict(points, points=True) == "any effect is below 1 point"
+    assert verdict({**points, "low": -2.0, "high": 3.0}, points=True) == "undecided at 5 seeds"
+    # the prose form carries the same words
+    assert difference(d(0.001, 0.02)) == "+1.05 points, 95% interval [+0.10, +2.00]: a gain"
+    assert difference(d(0.001, 0.02), words=False) == "+1.05 points, 95% interval [+0.10, +2.00]"
 
 
 def test_records_round_trip_and_a_damaged_one_names_its_file(tmp_path, monkeypatch):

@@ -39,12 +39,13 @@ def test_a_non_range_index_becomes_a_named_first_column():
 
 
 def test_significance_is_coloured_both_ways_and_paper_columns_set_apart():
-    rows = [{"claim": "x", "verdict": tables.significance({"low": 0.01, "high": 0.03}), "paper": "43.46%"},
-            {"claim": "y", "verdict": tables.significance({"low": -0.03, "high": -0.01}), "paper": None},
-            {"claim": "z", "verdict": tables.significance({"low": -0.01, "high": 0.01}), "paper": None}]
-    assert [r["verdict"] for r in rows] == ["significant gain", "significant loss", "not significant"]
+    rows = [{"claim": "x", "verdict": tables.verdict({"low": 0.01, "high": 0.03, "n": 5}), "paper": "43.46%"},
+            {"claim": "y", "verdict": tables.verdict({"low": -0.03, "high": -0.01, "n": 5}), "paper": None},
+            {"claim": "z", "verdict": tables.verdict({"low": -0.01, "high": 0.02, "n": 5}), "paper": None}]
+    assert [r["verdict"] for r in rows] == ["a gain", "a loss", "undecided at 5 seeds"]
     out = html(tables.show(rows, significance=["verdict"], paper=["paper"]))
     assert "#1a7837" in out and "#b2182b" in out      # green for the gain, red for the loss
+    assert out.count("font-weight: bold") == 2        # the undecided row is not coloured
     assert "font-style: italic" in out and "border-left" in out
 
 

@@ -38,7 +38,7 @@ from .. import active, runs
 from .. import config as config_mod
 from ..errors import ConfigError
 from ..evaluate import Scores, mean_interval, paired_difference, score, side
-from ..tables import interval, significance
+from ..tables import interval, verdict
 from ..features import frozen_features
 from ..finetune import cosine, finetune, std_floor
 from ..models import ClassifierHead
@@ -344,15 +344,9 @@ def difference_table(diffs: Sequence[Mapping[str, Any]]) -> list[dict]:
     """``difference_rows`` as a table: points, the interval and its verdict, seeds either side."""
     return [{"strategy": r["strategy"], "at": r["at"], "minus random (points)": r["mean"],
              "95% interval": interval(r, scale=1.0),
-             "verdict": significance(r),
+             "verdict": verdict(r, points=True),
              "seeds above": r["above random"], "seeds below": r["below random"], "seeds": r["seeds"]}
             for r in diffs]
-
-
-def verdict(row: Mapping[str, float]) -> str:
-    """A difference from random in words: where its 95% interval lies against zero."""
-    return {"above": "better than random", "below": "worse than random",
-            "includes": "not distinguishable from random"}[side(row)]
 
 
 def verdict_values(diffs: Sequence[Mapping[str, Any]], rounds: int) -> dict[str, str]:
@@ -370,13 +364,13 @@ def verdict_values(diffs: Sequence[Mapping[str, Any]], rounds: int) -> dict[str,
             if r["at"] == at:
                 values.update({f"{prefix}_{key}": f"{r['mean']:+.2f}",
                                f"{prefix}_{key}_ci": interval(r, scale=1.0),
-                               f"{prefix}_{key}_verdict": verdict(r)})
+                               f"{prefix}_{key}_verdict": verdict(r, points=True)})
                 if prefix == "al_final":
                     values[f"al_final_{key}_above"] = f"{r['above random']} of {r['seeds']}"
     areas = [r for r in diffs if r["at"] == "area under the curve"]
     if areas:
         best = max(areas, key=lambda r: r["mean"])
-        values.update(al_best_auc=best["strategy"], al_best_auc_verdict=verdict(best))
+        values.update(al_best_auc=best["strategy"], al_best_auc_verdict=verdict(best, points=True))
     values["al_ci_width"] = f"{np.median([r['high'] - r['low'] for r in diffs]):.2f}" if diffs else "not run"
     return values
 

@@ -189,8 +189,7 @@ def comparisons(result: Mapping[str, Any], reference: str | None = None) -> dict
 
 def comparison_rows(result: Mapping[str, Any], reference: str | None = None) -> list[dict]:
     """``comparisons`` as table rows: points with 95% intervals."""
-    from ..tables import interval
-    from .claims import decide
+    from ..tables import interval, verdict
     rows_ = []
     for c in comparisons(result, reference).values():
         cell = {"network": c["network"]}
@@ -200,7 +199,7 @@ def comparison_rows(result: Mapping[str, Any], reference: str | None = None) -> 
                 f"{100 * d['mean']:+.2f} {interval(d)}" if d else "(the reference)")
         t = c["rounds_total"]
         cell["validation, last round minus start (points)"] = f"{100 * t['mean']:+.2f} {interval(t)}"
-        cell["the rounds, in all"] = decide(t, short=True)
+        cell["the rounds, in all"] = verdict(t)
         rows_.append(cell)
     return rows_
 
@@ -208,14 +207,14 @@ def comparison_rows(result: Mapping[str, Any], reference: str | None = None) -> 
 def round_rows(result: Mapping[str, Any]) -> list[dict]:
     """Per network and round: the change of validation accuracy (points, paired 95% interval) and
     how many validation images the round forgot and learned (mean [95% interval] over seeds)."""
-    from ..tables import interval, significance
+    from ..tables import interval, verdict
     out = []
     for key, n in result["networks"].items():
         for r in n["summary"]["rounds"]:
             d, f, g = r["val_change"], r["forgotten"], r["learned"]
             out.append({"network": n["network"], "round": r["round"],
                         "validation change (points)": f"{100 * d['mean']:+.2f} {interval(d)}",
-                        "verdict": significance(d),
+                        "verdict": verdict(d),
                         "forgotten": f"{f['mean']:.1f} {interval(f, scale=1, digits=1)}",
                         "learned": f"{g['mean']:.1f} {interval(g, scale=1, digits=1)}"})
     return out

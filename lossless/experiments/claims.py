@@ -36,7 +36,7 @@ from ..fixmatch import fixmatch
 from ..pretrain import backbone_for, load_data, pretrain
 from ..probes import PIXEL_C_GRID, PIXEL_K_GRID, embed, knn_accuracy, linear_probe_accuracy, pixel_probes
 from ..pseudo import pseudo_label
-from ..tables import interval, pm, significance
+from ..tables import interval, pm, verdict
 
 METHODS = ("pixel_knn", "pixel_linear", "supervised", "knn_probe", "linear_probe", "barlow_finetune",
            "pseudo_global")
@@ -327,33 +327,12 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict]:
     return rows
 
 
-def decide(d: Mapping[str, float], small: float = 0.01, short: bool = False) -> str:
-    """What a paired difference's 95% interval decides, in words: a gain or a loss where it
-    excludes zero; where it includes zero, whether it still bounds the effect below ``small``
-    (a fraction: 0.01 is one point) or leaves the question open at this many seeds. ``short``:
-    the conclusion alone, without the reason ("a gain" rather than "the interval excludes zero:
-    a gain")."""
-    lo, hi = d["low"], d["high"]
-    size = f"{100 * small:g} point" + ("" if small == 0.01 else "s")
-    if lo > 0:
-        reason, conclusion = "the interval excludes zero", "a gain"
-    elif hi < 0:
-        reason, conclusion = "the interval excludes zero", "a loss"
-    elif hi < small and lo > -small:
-        reason, conclusion = f"the interval includes zero and lies within {size} of it", f"any effect is below {size}"
-    elif hi < small:
-        reason, conclusion = f"the interval includes zero and its upper end is below {size}", f"any gain is below {size}"
-    else:
-        reason, conclusion = f"the interval includes zero and reaches past {size}", f"undecided at {d['n']} seeds"
-    return conclusion if short else f"{reason}: {conclusion}"
-
-
 def difference_rows(result: Mapping[str, Any]) -> list[dict]:
     """The paired differences (percentage points) with their 95% intervals and what they say."""
     rows = []
     for name, d in result["paired_differences"].items():
         rows.append({"claim": CLAIMS.get(name, name), "mean difference (points)": 100 * d["mean"],
-                     "95% interval (points)": interval(d), "verdict": significance(d), "seeds": d["n"]})
+                     "95% interval (points)": interval(d), "verdict": verdict(d), "seeds": d["n"]})
     return rows
 
 

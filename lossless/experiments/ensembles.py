@@ -26,7 +26,7 @@ from .. import ensemble as ens
 from ..errors import LosslessError
 from ..evaluate import mean_std, paired_difference
 from ..pretrain import load_data
-from ..tables import interval, pm, significance
+from ..tables import interval, pm, verdict
 from . import table1 as t1
 
 KINDS = ("average", "weighted", "paper", "vote")
@@ -155,7 +155,7 @@ def _weights_text(per_seed: list, models: list, names: Mapping[str, str]) -> str
 def difference_rows(result: Mapping[str, Any]) -> list[dict]:
     """Each ensemble minus the best single model of its seed (chosen on validation)."""
     return [{"ensemble": KIND_NAMES[k], "mean difference (points)": 100 * d["mean"],
-             "95% interval (points)": interval(d), "verdict": significance(d), "seeds": d["n"]}
+             "95% interval (points)": interval(d), "verdict": verdict(d), "seeds": d["n"]}
             for k, d in result["minus_best_single"].items()]
 
 

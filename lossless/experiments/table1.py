@@ -22,7 +22,7 @@ from .. import methods as methods_mod
 from ..evaluate import mean_std, paired_difference
 from ..finetune import finetune
 from ..pretrain import pretrain
-from ..tables import interval, pm, significance
+from ..tables import interval, pm, verdict
 from .claims import frozen_probes
 
 # Table 1 of the paper: (network, method) -> accuracy on its 800-class validation set.
@@ -139,7 +139,7 @@ def best_rows(result: Mapping[str, Any], measure: str = "finetune", reference: s
         d = paired_difference(a[:n], b[:n])
         rows.append({"comparison": f"{_label(runs, ref)} minus {_label(runs, key)}",
                      "measure": MEASURES.get(measure, measure), "mean difference (points)": 100 * d["mean"],
-                     "95% interval (points)": interval(d), "verdict": significance(d), "seeds": n})
+                     "95% interval (points)": interval(d), "verdict": verdict(d), "seeds": n})
     return rows
 
 
