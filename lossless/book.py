@@ -234,7 +234,7 @@ def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, pro
         executed = out_dir / "executed" / f"{md.stem}.ipynb"
         stamp, timing = executed.with_suffix(".key"), executed.with_suffix(".time.json")
         key = _key(md, profile, params, before)
-        if executed.is_file() and stamp.is_file() and stamp.read_text() == key:
+        if is_current(executed, key):
             records.append({"chapter": md.stem, "status": "skipped (unchanged)"})
             before = key + (timing.read_text() if timing.is_file() else "")
             continue
@@ -256,10 +256,21 @@ def _run_each_chapter(profile: str, params: dict, root: Path, out_dir: Path, pro
         os.replace(tmp, executed)
         stamp.write_text(key)
         seconds = round(time.perf_counter() - t0, 1)
-        runs.write_json(timing, {"chapter": md.stem, "seconds": seconds, **machine(), "ns": time.time_ns()})
+        write_time(timing, md.stem, seconds)
         records.append({"chapter": md.stem, "status": "ran", "seconds": seconds})
         before = key + timing.read_text()
     return records
+
+
+def is_current(executed: Path, key: str) -> bool:
+    """Whether the executed chapter ``executed`` was made under cache key ``key`` (its ``.key``)."""
+    stamp = executed.with_suffix(".key")
+    return executed.is_file() and stamp.is_file() and stamp.read_text() == key
+
+
+def write_time(timing: Path, chapter: str, seconds: float) -> None:
+    """A chapter's time record (``.time.json``): what :func:`chapter_times` reads."""
+    runs.write_json(timing, {"chapter": chapter, "seconds": round(seconds, 1), **machine(), "ns": time.time_ns()})
 
 
 def machine() -> dict:

@@ -120,7 +120,3 @@ def paired_difference(a, b, confidence: float = 0.95) -> dict:
     """Mean of ``a - b`` over paired runs (same seeds) with a Student-t confidence interval."""
     return mean_interval(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), confidence)
 
-
-def side(interval: dict) -> str:
-    """Where an interval lies against zero: ``above``, ``below`` or ``includes`` (zero)."""
-    return "above" if interval["low"] > 0 else "below" if interval["high"] < 0 else "includes"

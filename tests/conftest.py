@@ -23,12 +23,22 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def _smoke_cache(tmp_path_factory) -> Path:
     """A data cache holding the smoke profile's synthetic dataset, decoded once per test session
-    (per worker): most tests run the smoke profile, and building it costs each of them 0.3-1.5 s."""
+    (per worker): most tests run the smoke profile, and building it costs each of them 0.3-1.5 s.
+    Tests get hard links to its files (:func:`_isolated_cache`), so a test that damages a cache
+    file in place must use a cache of its own; at the end every file must still match the
+    checksum its ``meta.json`` records, or the session fails naming the rule."""
+    import json
+
     from lossless import config
     from lossless.data import load_dataset
+    from lossless.data.cache import file_digest
     root = tmp_path_factory.mktemp("smoke-cache")
-    load_dataset(config.load_profile("smoke", {"cache_dir": str(root)}), progress=False)
-    return root
+    entry = load_dataset(config.load_profile("smoke", {"cache_dir": str(root)}), progress=False).path
+    yield root
+    recorded = json.loads((entry / "meta.json").read_text())["sha1"]
+    damaged = [name for name, sha in recorded.items() if file_digest(entry / name) != sha]
+    assert not damaged, (f"a test changed the shared smoke cache in place ({damaged}): a test that damages a "
+                         f"cache file must set LOSSLESS_CACHE to a folder of its own")
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +58,7 @@ def _smoke_pretrained(tmp_path_factory, _smoke_cache) -> Path:
 def smoke_backbone(tmp_path, _smoke_pretrained) -> Path:
     """``tmp_path / "runs"`` already holding the smoke profile's pretrained backbone (seed 0), for
     the tests that need a trained network, not a pretraining: a smoke stage with
-    ``runs_dir=tmp_path / "runs"`` finds it finished instead of training its own (about 20 tests)."""
+    ``runs_dir=tmp_path / "runs"`` finds it finished instead of training its own (14 tests)."""
     runs = tmp_path / "runs"
     for run in _smoke_pretrained.glob("pretrain-*"):
         shutil.copytree(run, runs / run.name)
@@ -58,12 +68,18 @@ def smoke_backbone(tmp_path, _smoke_pretrained) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch, _smoke_cache):
-    """Every test gets its own cache folder, a copy of the session's (so a test that damages or
-    rebuilds its cache touches no other test's), and no LOSSLESS_DATA from the environment."""
-    shutil.copytree(_smoke_cache, tmp_path / "cache")   # copy2 keeps the times meta.json records
-    monkeypatch.setenv("LOSSLESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("LOSSLESS_DATA", raising=False)
+def _isolated_cache(tmp_path, _smoke_cache):
+    """Every test gets its own cache folder holding the session's smoke dataset as hard links (a
+    copy for each of ~760 tests filled 6 GB of /tmp; the cache writes through temporary files and
+    renames, so a rebuild never touches the shared files), and no LOSSLESS_DATA from the environment."""
+    shutil.copytree(_smoke_cache, tmp_path / "cache", copy_function=os.link)
+    # a MonkeyPatch of its own: a test's `monkeypatch.undo()` must not send its later stages to
+    # ~/.cache/lossless (five tests undo their own patches mid-test)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LOSSLESS_CACHE", str(tmp_path / "cache"))
+    mp.delenv("LOSSLESS_DATA", raising=False)
+    yield
+    mp.undo()
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:

@@ -18,7 +18,6 @@ chapters' own checks included (each method's core asserted equal to the package)
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -101,9 +100,7 @@ class NbvalBook:
         staged = self._staged(stem)
         staged.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(staged))
-        from lossless import runs
-        runs.write_json(staged.with_suffix(".time.json"), {"chapter": stem, "seconds": round(self.seconds.get(stem, 0), 1),
-                                                           **self.book.machine(), "ns": time.time_ns()})
+        self.book.write_time(staged.with_suffix(".time.json"), stem, self.seconds.get(stem, 0.0))
 
     def pytest_sessionfinish(self, session):
         """Adopt the staged notebooks in reading order, each with the key ``lossless book`` would
@@ -117,7 +114,7 @@ class NbvalBook:
         for stem, md in self.chapters.items():
             key = self.book._key(md, PROFILE, self.params, before)
             target = executed / f"{stem}.ipynb"
-            stamp, timing, staged = target.with_suffix(".key"), target.with_suffix(".time.json"), self._staged(stem)
+            timing, staged = target.with_suffix(".time.json"), self._staged(stem)
             if staged.is_file():
                 expected = self.book.write_notebook(md, executed / f".{stem}.expected.ipynb", PROFILE, self.params)
                 same = [c.source for c in jupytext.read(staged).cells] == [c.source for c in jupytext.read(expected).cells]
@@ -126,7 +123,7 @@ class NbvalBook:
                     break
                 os.replace(staged, target)
                 os.replace(staged.with_suffix(".time.json"), timing)
-                stamp.write_text(key)
-            elif not (target.is_file() and stamp.is_file() and stamp.read_text() == key):
+                target.with_suffix(".key").write_text(key)
+            elif not self.book.is_current(target, key):
                 break
             before = key + timing.read_text()

@@ -318,11 +318,13 @@ def test_interrupted_build_leaves_no_complete_entry(tmp_path, monkeypatch):
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(np, "save", crash)               # dies after decoding, before the marker
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(np, "save", crash)                     # dies after decoding, before the marker
         data.load_dataset(cfg, progress=False)
-    monkeypatch.undo()
+    # (monkeypatch.undo() here once undid the test's own LOSSLESS_CACHE too, and the test looked
+    # for, and built, its entry in ~/.cache/lossless)
     path = cache_mod.entry_path(sources.ImageFolderSource(tmp_path / "if"))
+    assert path.parent == tmp_path / "cache"
     assert not path.exists() and not list(path.parent.glob(".*tmp*"))
     assert data.load_dataset(cfg, progress=False).images.shape == (15, 16, 16, 3)
 

@@ -245,7 +245,8 @@ def test_a_real_full_file_system(tmp_path):
 # ------------------------------------------------------------------ a damaged cache
 @pytest.mark.parametrize("name,where", [("images.npy", "middle"), ("labels.npy", "middle"), ("labels.npy", "header"),
                                         ("parts.npy", "header")])
-def test_a_same_size_corruption_of_the_cache_is_detected_and_rebuilt(tmp_path, capsys, name, where):
+def test_a_same_size_corruption_of_the_cache_is_detected_and_rebuilt(tmp_path, monkeypatch, capsys, name, where):
+    monkeypatch.setenv("LOSSLESS_CACHE", str(tmp_path / "own"))   # it damages the files in place: not the shared ones
     from lossless import data
     cfg = config.load_profile("smoke")
     first = data.load_dataset(cfg, progress=False)

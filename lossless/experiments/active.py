@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from .. import active, runs
 from .. import config as config_mod
 from ..errors import ConfigError
-from ..evaluate import Scores, mean_interval, paired_difference, score, side
+from ..evaluate import Scores, mean_interval, paired_difference, score
 from ..tables import interval, verdict
 from ..features import frozen_features
 from ..finetune import cosine, finetune, std_floor
