@@ -23,7 +23,7 @@ from .augment import Augmenter, channel_stats
 from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
 from .models import build_backbone
 from .optim import build_optimizer, scaled_lr, warmup_cosine
-from .probes import embed, embedding_std, knn_accuracy, linear_probe_accuracy
+from .probes import chosen_probes, embed, embedding_std, knn_accuracy, linear_probe_accuracy
 
 # The keys that define a pretraining run (its folder's hash); progress, device and the like don't.
 PRETRAIN_KEYS = (
@@ -132,8 +132,8 @@ def calibrate_batch_norm(task: torch.nn.Module, images: np.ndarray, batch_size: 
 
 
 def initial_knn(cfg: Mapping[str, Any], calibration_images: int = 2048) -> dict:
-    """The k-NN monitor (validation, and test when the split has one) of the network pretraining
-    starts from: the configured seed's initial weights, their batch-norm statistics estimated on
+    """The k-NN monitor (validation, and test when the split has one; ``probes``: the chosen
+    probes of ``_final_probes``) of the network pretraining starts from: the configured seed's initial weights, their batch-norm statistics estimated on
     augmented views of ``calibration_images`` pretraining images. How far a pretrained backbone is
     above this is what pretraining learned; a run whose rate is zero ends here."""
     device = resolve_device(cfg["device"])
@@ -152,6 +152,21 @@ def initial_knn(cfg: Mapping[str, Any], calibration_images: int = 2048) -> dict:
             out[f"knn_{name}"] = knn_accuracy(bank, bank_labels, feats(split.images(name)),
                                               torch.from_numpy(split.labels(name)), k=cfg["knn_k"],
                                               num_classes=split.data.num_classes)
+    out["probes"] = _final_probes(split, feats)["probes"]
+    return out
+
+
+def _final_probes(split: data_mod.Split, feats) -> dict:
+    """The probes a finished network is reported by (``probes.chosen_probes``: k and C chosen on
+    validation, as for pixels): ``linear_probe_val``, ``knn_test`` and ``linear_probe_test`` when
+    the split has a test set, and the whole choice under ``probes``."""
+    test = feats(split.images("test")) if len(split.test) else None
+    p = chosen_probes(feats(split.images("labelled")), split.labels("labelled"), feats(split.images("val")),
+                      split.labels("val"), test, split.labels("test") if test is not None else None,
+                      num_classes=split.data.num_classes)
+    out = {"linear_probe_val": p["linear_val"], "probes": p}
+    if test is not None:
+        out.update(knn_test=p["knn_test"], linear_probe_test=p["linear_probe_test"])
     return out
 
 
@@ -164,7 +179,22 @@ def pretrain(cfg: Mapping[str, Any]) -> dict:
     run = pretrain_dir(cfg)
     with runs.claim(run):  # one process per run folder; a second command waits, then finds the result
         done = runs.find_result(run)
-        return done if done is not None else _pretrain_run(cfg, run, split, device, dist, progress)
+        if done is None:
+            return _pretrain_run(cfg, run, split, device, dist, progress)
+        if "probes" not in done and dist.is_main and (run / "backbone.pt").is_file():
+            done = _reprobe(cfg, run, split, device, done)
+        return done
+
+
+def _reprobe(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, device: torch.device, done: dict) -> dict:
+    """A run finished by an earlier version, whose result lacks the chosen probes: add them
+    (``_final_probes``) from its stored network, so every result reports the same protocol."""
+    task, augmenter, size = build_task(cfg, split)
+    task.backbone.load_state_dict(runs.load_checkpoint(run / "backbone.pt")["backbone"])
+    backbone, amp = task.backbone.to(device), resolve_precision(cfg["precision"], device)
+    done = {**done, **_final_probes(split, lambda imgs: embed(backbone, imgs, augmenter, device, amp, size=size))}
+    runs.write_json(run / "result.json", done)
+    return done
 
 
 def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, device: torch.device,
@@ -221,13 +251,7 @@ def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, devi
                                              "config": {k: cfg.get(k) for k in run_keys(cfg)},
                                              "mean": mean, "std": std})
         feats = lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size)  # noqa: E731
-        bank, test = feats(bank_images), feats(split.images("test")) if len(split.test) else None
-        if test is not None:
-            result["knn_test"] = knn_accuracy(bank, torch.from_numpy(bank_labels), test,
-                                              torch.from_numpy(split.labels("test")), k=cfg["knn_k"],
-                                              num_classes=data.num_classes)
-            result["linear_probe_test"] = linear_probe_accuracy(bank, bank_labels, test, split.labels("test"))
-        result["linear_probe_val"] = linear_probe_accuracy(bank, bank_labels, feats(val_images), val_labels)
+        result.update(_final_probes(split, feats))
         result["backbone"] = str(backbone_path)
         runs.write_json(run / "result.json", result)
     distributed.barrier()

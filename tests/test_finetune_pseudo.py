@@ -140,6 +140,9 @@ def test_one_function_words_an_interval_against_zero_and_one_point():
     assert decide(d(-0.005, 0.01)).endswith("undecided at 10 seeds")   # an end exactly at the bound is not below it
     assert verdict(d(0.001, 0.02)) == "a gain"
     assert verdict(d(-0.0047, 0.0051)) == "any effect is below 1 point"
+    # two seeds with the same difference: the interval has no width, which decides nothing
+    assert verdict({"mean": -0.02, "low": -0.02, "high": -0.02, "n": 2}) == "undecided at 2 seeds"
+    assert verdict({"mean": 0.0, "low": 0.0, "high": 0.0, "n": 2}) == "undecided at 2 seeds"
     # a difference already in points (active learning's) reads the same as its fraction
     points = {"mean": 0.05, "low": -0.47, "high": 0.51, "seeds": 5}
     assert verdict(points, points=True) == "any effect is below 1 point"
@@ -397,7 +400,7 @@ def naive_weighted_knn(bank, bank_y, queries, k, temperature=0.07):
 def test_pixel_baselines_choose_their_settings_on_validation(tmp_path, monkeypatch):
     import importlib
     from lossless import data
-    from lossless.probes import PIXEL_K_GRID
+    from lossless.probes import K_GRID
     cl = importlib.import_module("lossless.experiments.claims")
     cfg = smoke(tmp_path)
     split = data.load_split(cfg)
@@ -411,7 +414,7 @@ def test_pixel_baselines_choose_their_settings_on_validation(tmp_path, monkeypat
     std[std < 1e-6] = 1
     z = [(a - mean) / std for a in (lab, val, test)]
     yl, yv, yt = split.labels("labelled"), split.labels("val"), split.labels("test")
-    val_acc = {k: float((naive_weighted_knn(z[0], yl, z[1], k) == yv).mean()) for k in PIXEL_K_GRID}
+    val_acc = {k: float((naive_weighted_knn(z[0], yl, z[1], k) == yv).mean()) for k in K_GRID}
     assert got["grid"]["knn_val"] == pytest.approx({str(k): v for k, v in val_acc.items()})
     best = max(val_acc, key=val_acc.get)
     assert got["knn_k"] == best

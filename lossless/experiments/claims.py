@@ -34,7 +34,7 @@ from ..evaluate import mean_std, paired_difference
 from ..finetune import finetune, load_backbone
 from ..fixmatch import fixmatch
 from ..pretrain import backbone_for, load_data, pretrain
-from ..probes import PIXEL_C_GRID, PIXEL_K_GRID, embed, knn_accuracy, linear_probe_accuracy, pixel_probes
+from ..probes import C_GRID, K_GRID, chosen_probes, embed, knn_accuracy, linear_probe_accuracy, pixel_probes
 from ..pseudo import pseudo_label
 from ..tables import interval, pm, verdict
 
@@ -66,7 +66,7 @@ def frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
     backbone_path = Path(backbone_path)
     stat = backbone_path.stat()
     key = {"backbone": str(backbone_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-           **{k: cfg.get(k) for k in PROBE_KEYS}, "version": 1}
+           **{k: cfg.get(k) for k in PROBE_KEYS}, "version": 2}  # 2: k and C chosen on validation
     stored = backbone_path.parent / "probes" / f"{runs.config_hash(key)}.json"
     if stored.is_file():
         return runs.read_json(stored)
@@ -76,8 +76,9 @@ def frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
 
 
 def _frozen_probes(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
-    out = probe_backbone(cfg, backbone_path, ("test",))
-    return {"knn_probe": out["knn_test"], "linear_probe": out["linear_test"]}
+    out = probe_backbone(cfg, backbone_path)
+    return {"knn_probe": out["knn_test"], "linear_probe": out["linear_test"],
+            "probe_settings": {"k": out["knn_k"], "C": out["linear_c"]}}
 
 
 def frozen_features(cfg: Mapping[str, Any], backbone_path: Path):
@@ -93,26 +94,23 @@ def frozen_features(cfg: Mapping[str, Any], backbone_path: Path):
     return split, lambda images: embed(backbone, images, aug, device, amp)
 
 
-def probe_backbone(cfg: Mapping[str, Any], backbone_path: Path, splits=("val", "test")) -> dict:
-    """k-NN (``knn_k`` neighbours) and linear probe of a frozen backbone: the labelled images'
-    features as the bank / training set, each of ``splits`` scored (``knn_<split>``,
-    ``linear_<split>``)."""
+def probe_backbone(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
+    """``probes.chosen_probes`` of a frozen backbone: the labelled images' features as the bank
+    and training set, k and C chosen on validation (the pixels' protocol). Returns ``knn_val``,
+    ``linear_val``, ``knn_test``, ``linear_test``, ``knn_k`` and ``linear_c``."""
     split, features = frozen_features(cfg, backbone_path)
-    bank, yb = features(split.images("labelled")), split.labels("labelled")
-    out = {}
-    for name in splits:
-        feats, y = features(split.images(name)), split.labels(name)
-        out[f"knn_{name}"] = knn_accuracy(bank, torch.from_numpy(yb), feats, torch.from_numpy(y), k=cfg["knn_k"],
-                                          num_classes=split.data.num_classes)
-        out[f"linear_{name}"] = linear_probe_accuracy(bank, yb, feats, y)
-    return out
+    p = chosen_probes(*(x for name in ("labelled", "val", "test")
+                        for x in (features(split.images(name)), split.labels(name))),
+                      num_classes=split.data.num_classes)
+    return {"knn_val": p["knn_val"], "linear_val": p["linear_val"], "knn_test": p["knn_test"],
+            "linear_test": p["linear_probe_test"], "knn_k": p["knn_k"], "linear_c": p["linear_c"]}
 
 
 def pixel_baselines(cfg: Mapping[str, Any]) -> dict:
     """``probes.pixel_probes`` on ``cfg``'s split, stored in a run folder of its own (stage
     ``pixels``) keyed by what picks the split and the two grids."""
     keys = {**{k: cfg.get(k) for k in PROBE_KEYS if k not in ("precision", "channels_last", "device", "knn_k")},
-            "c_grid": list(PIXEL_C_GRID), "k_grid": list(PIXEL_K_GRID), "version": 1}
+            "c_grid": list(C_GRID), "k_grid": list(K_GRID), "version": 1}
     stored = runs.run_dir(cfg, "pixels", keys) / "result.json"
     if stored.is_file():
         return runs.read_json(stored)
@@ -207,20 +205,28 @@ def paired(per_seed: list[dict], a: str, b: str) -> dict:
 
 def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (10, 32, 100),
            budget_seeds: int = 3, all_rules: bool = False, fixmatch_seeds: int = 0,
-           tune_supervised: bool = True) -> dict:
+           tune_supervised: bool | Mapping[str, Any] = True) -> dict:
     """Run (or load) everything; write and return the summary. ``all_rules``: see ``one_seed``;
     ``fixmatch_seeds``: FixMatch on the first that many seeds (0: not run; about as many CPU
-    minutes a seed as pretraining); ``tune_supervised``: the supervised-only baseline with
-    ``supervised_grid``'s choice (False: the configuration's own setting)."""
-    for name, value, low in (("seeds", seeds, 2), ("budget_seeds", budget_seeds, 1), ("fixmatch_seeds", fixmatch_seeds, 0)):
+    minutes a seed as pretraining); ``budget_seeds``: the label-budget curve's seeds (0: no
+    curve); ``tune_supervised``: the supervised-only baseline with ``supervised_grid``'s choice
+    (False: the configuration's own setting; a mapping: a grid already run, such as a record's
+    ``supervised_grid``, whose choice is used without running the grid again)."""
+    for name, value, low in (("seeds", seeds, 2), ("budget_seeds", budget_seeds, 0), ("fixmatch_seeds", fixmatch_seeds, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low} "
                                          f"(seeds of the claim experiment; a paired interval needs two)")
     if fixmatch_seeds > seeds:
         raise config_mod.ConfigError(f"fixmatch_seeds={fixmatch_seeds} is not allowed: at most seeds={seeds} "
                                      f"(FixMatch runs on the first seeds of the experiment)")
-    if not isinstance(tune_supervised, bool):
-        raise config_mod.ConfigError(f"tune_supervised={tune_supervised!r} is not allowed: true or false")
+    if isinstance(tune_supervised, Mapping):
+        if not isinstance(tune_supervised.get("choice"), Mapping) or any(
+                k not in config_mod.PARAMETERS for k in tune_supervised["choice"]):
+            raise config_mod.ConfigError("tune_supervised: a grid already run needs its 'choice', a mapping of "
+                                         "parameter names to values (a record's supervised_grid)")
+    elif not isinstance(tune_supervised, bool):
+        raise config_mod.ConfigError(f"tune_supervised={tune_supervised!r} is not allowed: true, false or a grid "
+                                     f"already run")
     if not budgets or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in budgets):
         raise config_mod.ConfigError(f"budgets={budgets!r} is not allowed: labels per class as integers >= 1")
     if not isinstance(all_rules, bool):
@@ -228,8 +234,9 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
     config_mod.validate(cfg)
     base = pretrain(cfg)
     backbone_path = Path(base["backbone"])
-    grid = supervised_grid(cfg) if tune_supervised else None
-    setting = grid["choice"] if grid else {}
+    recorded = isinstance(tune_supervised, Mapping)
+    grid = dict(tune_supervised) if recorded else supervised_grid(cfg) if tune_supervised else None
+    setting = dict(grid["choice"]) if grid else {}
     per_seed = []
     for s in range(seeds):
         print(f"lossless experiment: seed {s + 1}/{seeds}", file=sys.stderr)
@@ -268,16 +275,41 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
     result = {"pretraining": {k: base.get(k) for k in ("run", "knn_test", "linear_probe_test", "train_seconds")},
               "seeds": per_seed, "summary": summary, "best_pseudo_rule": best_rule,
               "strongest_baseline": strongest, "paired_differences": diffs, "all_rules": all_rules,
-              "label_budget": curve, "supervised_grid": grid, "fixmatch_seeds": fixmatch_seeds}
+              "label_budget": curve, "supervised_grid": grid, "supervised_grid_recorded": recorded,
+              "fixmatch_seeds": fixmatch_seeds}
     out = runs.run_dir(cfg, "claims", {"cfg": {k: v for k, v in cfg.items() if k not in ("progress",)},
                                        "seeds": seeds, "budgets": list(budgets), "budget_seeds": budget_seeds,
                                        **({"all_rules": True} if all_rules else {}),
                                        **({"fixmatch_seeds": fixmatch_seeds} if fixmatch_seeds else {}),
-                                       **({"sup_grid": {k: list(v) for k, v in SUP_GRID.items()}}
+                                       **({"sup_grid_choice": setting} if recorded else
+                                          {"sup_grid": {k: list(v) for k, v in SUP_GRID.items()}}
                                           if tune_supervised else {})})
     runs.write_json(out / "result.json", result)
     result["written_to"] = str(out / "result.json")
     return result
+
+
+def book_run(cfg: Mapping[str, Any], seeds: int, budget_seeds: int, supervised_grid: str, all_rules: bool = False,
+             fixmatch_seeds: int = 0) -> tuple[dict, dict | None]:
+    """The results chapter's run (and the appendices' that load it): :func:`claims` with the
+    supervised-only baseline's grid either run (``supervised_grid="run"``) or taken from the
+    profile's claims record (``"record"``: only its choice trains), and the label-budget curve
+    run on ``budget_seeds`` seeds (0: none here; the record's is shown). Returns the result and
+    the record (None where the profile has none)."""
+    from ..book import read_record
+    profile = cfg["profile"]
+    rec = read_record("claims", profile)
+    if supervised_grid not in ("run", "record"):
+        raise config_mod.ConfigError(f"supervised_grid={supervised_grid!r}: choose 'run' or 'record'")
+    if supervised_grid == "record" and not (rec and rec.get("supervised_grid")):
+        raise config_mod.ConfigError(f"supervised_grid='record': no claims record with a grid for the {profile} "
+                                     f"profile; set supervised_grid='run'")
+    if budget_seeds == 0 and not (rec and rec.get("label_budget")):
+        raise config_mod.ConfigError(f"budget_seeds=0: no claims record with a label-budget curve for the {profile} "
+                                     f"profile; set budget_seeds to 1 or more")
+    tune = rec["supervised_grid"] if supervised_grid == "record" else True
+    return claims(cfg, seeds=seeds, all_rules=all_rules, fixmatch_seeds=fixmatch_seeds, budget_seeds=budget_seeds,
+                  tune_supervised=tune), rec
 
 
 # The paper's figures (800 classes of NYU DL 2021, 32 labels per class, ResNet-34 pretrained for 1,000 epochs).
@@ -359,19 +391,20 @@ def budget_means(result: Mapping[str, Any]) -> list[dict]:
 
 def probe_label_curve(cfg: Mapping[str, Any], backbone_path: Path, per_class=(32, 100, 500)) -> list[dict]:
     """What limits the linear probe: the labels or the features? The frozen backbone's linear
-    probe and logistic regression on pixels (its C chosen on validation at the configuration's
-    own labels, :func:`pixel_baselines`) trained on ``per_class`` images a class drawn from the
-    unlabelled pool with their hidden labels (a measurement, never a training input of the
+    probe and logistic regression on pixels (each with its C chosen on validation at the
+    configuration's own labels, :func:`probe_backbone` and :func:`pixel_baselines`) trained on
+    ``per_class`` images a class drawn from the unlabelled pool with their hidden labels (a measurement, never a training input of the
     pipeline), each scored on the test set. Stored beside the backbone like the probes."""
     backbone_path = Path(backbone_path)
     stat = backbone_path.stat()
     key = {"backbone": str(backbone_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-           **{k: cfg.get(k) for k in PROBE_KEYS}, "per_class": list(per_class), "version": 1}
+           **{k: cfg.get(k) for k in PROBE_KEYS}, "per_class": list(per_class), "version": 2}
     stored = backbone_path.parent / "probes" / f"labels-{runs.config_hash(key)}.json"
     if stored.is_file():
         return runs.read_json(stored)["rows"]
     split, features = frozen_features(cfg, backbone_path)
     c_pixels = pixel_baselines(cfg)["linear_c"]
+    c_features = frozen_probes(cfg, backbone_path)["probe_settings"]["C"]
     pool, truth = split.unlabelled, split.true_labels("unlabelled")
     rng = np.random.default_rng(cfg["seed"])
     order = rng.permutation(len(pool))
@@ -383,7 +416,8 @@ def probe_label_curve(cfg: Mapping[str, Any], backbone_path: Path, per_class=(32
         picked = np.sort(np.concatenate([order[truth[order] == c][:k] for c in range(split.data.num_classes)]))
         images, y = split.data.images[pool[picked]], truth[picked]
         rows.append({"labels per class": int(k), "images": int(len(y)),
-                     "linear probe": linear_probe_accuracy(features(images), y, test_feats, test_y),
+                     "linear probe": linear_probe_accuracy(features(images), y, test_feats, test_y,
+                                                           c=c_features),
                      "pixels, logistic regression": linear_probe_accuracy(flat(images), y, flat(test_images), test_y,
                                                                            c=c_pixels)})
     runs.write_json(stored, {"rows": rows})

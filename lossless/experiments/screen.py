@@ -40,6 +40,7 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "batch-128": ("batch 128: twice the steps, the rate scaled by 128/256", {"ssl_batch_size": 128}),
     "weight-decay-3e-5": ("weight decay 3e-5 (30x): against the 1/32 loss scale, the ratio of CIFAR recipes",
                           {"ssl_weight_decay": 3e-5}),
+    "crop-0.5": ("milder crops (at least half the image, not a fifth)", {"crop_scale_min": 0.5}),
 }
 METRICS = ("linear_val", "knn_val", "linear_test", "knn_test")
 
@@ -64,9 +65,8 @@ def one(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, epochs:
     t0 = time.perf_counter()
     result = pretrain(c)
     stored = Path(result["run"]) / "screen-probes.json"
-    if stored.is_file():
-        probes = runs.read_json(stored)
-    else:
+    probes = runs.read_json(stored) if stored.is_file() else {}
+    if "linear_c" not in probes:  # absent, or stored before k and C were chosen on validation
         probes = probe_backbone(c, Path(result["backbone"]))
         runs.write_json(stored, probes)
     return {"seed": seed, "run": result["run"], "train_seconds": result.get("train_seconds"),
