@@ -41,12 +41,15 @@ def verdict(d: Mapping[str, float], small: float = 0.01, reason: bool = False, p
     """The one wording of a paired difference's 95% interval, for every table and sentence of the
     book: "a gain" or "a loss" where it excludes zero; where it includes zero, whether it still
     bounds the effect below ``small`` (a fraction: 0.01 is one point) or leaves the question
-    open at this many seeds ("undecided at 5 seeds"). ``reason``: with why ("the interval
+    open at this many seeds ("undecided at 5 seeds"), as it does when every seed gave the same
+    difference (an interval of no width). ``reason``: with why ("the interval
     excludes zero: a gain"). ``points``: ``d`` is in points, not fractions (``small`` is not)."""
     lo, hi = (d["low"] / 100, d["high"] / 100) if points else (d["low"], d["high"])
     seeds = d.get("n", d.get("seeds"))
     size = f"{100 * small:g} point" + ("" if small == 0.01 else "s")
-    if lo > 0:
+    if lo == hi:  # every seed gave the same difference: a t-interval of no width estimates nothing
+        why, conclusion = "every seed gave the same difference, so the interval has no width", f"undecided at {seeds} seeds"
+    elif lo > 0:
         why, conclusion = "the interval excludes zero", "a gain"
     elif hi < 0:
         why, conclusion = "the interval excludes zero", "a loss"

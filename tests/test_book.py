@@ -216,9 +216,10 @@ def test_the_number_check_catches_a_typed_measurement(tmp_path):
 
 def test_papermill_injects_only_what_differs_from_the_chapter():
     results = ROOT / "book" / "results.md"
-    assert book.declared_defaults(results) == {"profile": "cpu", "seeds": 5, "all_rules": False, "fixmatch_seeds": 0}
+    assert book.declared_defaults(results) == {"profile": "cpu", "seeds": 3, "all_rules": False, "fixmatch_seeds": 0,
+                                               "budget_seeds": 0, "supervised_grid": "record", "compare_seeds": 3}
     assert book.injected(results, "cpu", {}) == {}                       # a default build: no injected cell
-    assert book.injected(results, "cpu", {"seeds": 5, "all_rules": False}) == {}
+    assert book.injected(results, "cpu", {"seeds": 3, "all_rules": False}) == {}
     assert book.injected(results, "cpu", {"all_rules": True}) == {"all_rules": True}
     assert book.injected(results, "smoke", {"seeds": 10, "seed": 3}) == {"profile": "smoke", "seeds": 10, "seed": 3}
     assert book.injected(results, "smoke", {"al_experiment_seeds": 2}) == {"profile": "smoke"}  # another chapter's

@@ -67,7 +67,7 @@ def test_relations_between_parameters_are_checked():
 
 def test_book_accepts_the_chapters_own_parameters(tmp_path, capsys):
     declared = book.chapter_parameters(ROOT)
-    assert declared["seeds"]["default"] == 5 and declared["seeds"]["chapters"] == ["results", "appendix-screen"]
+    assert declared["seeds"]["default"] == 3 and declared["seeds"]["chapters"] == ["results", "appendix-screen"]
     assert declared["al_experiment_seeds"] == {"default": 10, "chapters": ["active-learning"]}
     out = tmp_path / "nb"
     assert main(["book", "--profile", "smoke", "-p", "seeds", "3", "-p", "ssl_lr", "1e-3",
@@ -80,9 +80,9 @@ def test_book_accepts_the_chapters_own_parameters(tmp_path, capsys):
     assert main(["book", "--profile", "smoke", "-p", "sedes", "3", "--notebooks-only", str(out)]) == 2
     err = capsys.readouterr().err
     assert ("-p sedes: unknown parameter; chapter parameters: al_experiment_seeds, al_finetune_seeds, al_strategies, "
-            "all_rules, arch_seeds, compare_finetune_seeds, compare_seeds, ensemble_seeds, filter_channels, filter_image, filter_layer, "
-            "filter_methods, fixmatch_seeds, rerun_arch, rerun_screen, screen_finalists, screen_pilot_seeds, screen_seeds, seeds; configuration "
-            "parameters: dataset") in err
+            "all_rules, arch_seeds, budget_seeds, compare_seeds, filter_channels, filter_image, filter_layer, "
+            "filter_methods, fixmatch_seeds, rerun_arch, rerun_screen, screen_finalists, screen_pilot_seeds, "
+            "screen_seeds, seeds, supervised_grid; configuration parameters: dataset") in err
     assert main(["book", "--profile", "smoke", "-p", "ssl_epochs", "0", "--notebooks-only", str(out)]) == 2
     assert "ssl_epochs=0 is not allowed" in capsys.readouterr().err
 
