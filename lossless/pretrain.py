@@ -133,9 +133,10 @@ def calibrate_batch_norm(task: torch.nn.Module, images: np.ndarray, batch_size: 
 
 def initial_knn(cfg: Mapping[str, Any], calibration_images: int = 2048) -> dict:
     """The k-NN monitor (validation, and test when the split has one; ``probes``: the chosen
-    probes of ``_final_probes``) of the network pretraining starts from: the configured seed's initial weights, their batch-norm statistics estimated on
-    augmented views of ``calibration_images`` pretraining images. How far a pretrained backbone is
-    above this is what pretraining learned; a run whose rate is zero ends here."""
+    probes of :func:`split_probes`) of the network pretraining starts from: the configured seed's
+    initial weights, their batch-norm statistics estimated on augmented views of
+    ``calibration_images`` pretraining images. How far a pretrained backbone is above this is
+    what pretraining learned; a run whose rate is zero ends here."""
     device = resolve_device(cfg["device"])
     split = load_data(cfg, False)
     task, augmenter, size = build_task(cfg, split)
@@ -144,28 +145,35 @@ def initial_knn(cfg: Mapping[str, Any], calibration_images: int = 2048) -> dict:
     pick = np.sort(np.random.default_rng(cfg["seed"]).permutation(idx)[:calibration_images])
     calibrate_batch_norm(task, split.data.images[pick], seed=cfg["seed"])
     amp = resolve_precision(cfg["precision"], device)
-    feats = lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size)  # noqa: E731
-    bank, bank_labels = feats(split.images("labelled")), torch.from_numpy(split.labels("labelled"))
-    out = {}
-    for name in ("val", "test"):
-        if len(split.indices(name)):
-            out[f"knn_{name}"] = knn_accuracy(bank, bank_labels, feats(split.images(name)),
-                                              torch.from_numpy(split.labels(name)), k=cfg["knn_k"],
-                                              num_classes=split.data.num_classes)
-    out["probes"] = _final_probes(split, feats)["probes"]
+    f = split_features(split, lambda imgs: embed(task.backbone, imgs, augmenter, device, amp, size=size))
+    bank_labels = torch.from_numpy(split.labels("labelled"))
+    out = {f"knn_{name}": knn_accuracy(f["labelled"], bank_labels, f[name], torch.from_numpy(split.labels(name)),
+                                       k=cfg["knn_k"], num_classes=split.data.num_classes)
+           for name in ("val", "test") if name in f}
+    out["probes"] = split_probes(split, f)
     return out
 
 
+def split_features(split: data_mod.Split, feats) -> dict[str, torch.Tensor]:
+    """``feats`` (images -> features) of the split's labelled, validation and, where it has one,
+    test images, each computed once."""
+    return {name: feats(split.images(name)) for name in ("labelled", "val", "test") if len(split.indices(name))}
+
+
+def split_probes(split: data_mod.Split, features: Mapping[str, torch.Tensor]) -> dict:
+    """``probes.chosen_probes`` on :func:`split_features`: the labelled images as the bank and
+    training set, k and C chosen on validation (as for pixels), test scored when present."""
+    return chosen_probes(features["labelled"], split.labels("labelled"), features["val"], split.labels("val"),
+                         features.get("test"), split.labels("test") if "test" in features else None,
+                         num_classes=split.data.num_classes)
+
+
 def _final_probes(split: data_mod.Split, feats) -> dict:
-    """The probes a finished network is reported by (``probes.chosen_probes``: k and C chosen on
-    validation, as for pixels): ``linear_probe_val``, ``knn_test`` and ``linear_probe_test`` when
-    the split has a test set, and the whole choice under ``probes``."""
-    test = feats(split.images("test")) if len(split.test) else None
-    p = chosen_probes(feats(split.images("labelled")), split.labels("labelled"), feats(split.images("val")),
-                      split.labels("val"), test, split.labels("test") if test is not None else None,
-                      num_classes=split.data.num_classes)
+    """What a finished run's result reports of :func:`split_probes`: ``linear_probe_val``,
+    ``knn_test`` and ``linear_probe_test`` (with a test set), and the whole choice as ``probes``."""
+    p = split_probes(split, split_features(split, feats))
     out = {"linear_probe_val": p["linear_val"], "probes": p}
-    if test is not None:
+    if "knn_test" in p:
         out.update(knn_test=p["knn_test"], linear_probe_test=p["linear_probe_test"])
     return out
 

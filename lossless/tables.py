@@ -48,7 +48,8 @@ def verdict(d: Mapping[str, float], small: float = 0.01, reason: bool = False, p
     seeds = d.get("n", d.get("seeds"))
     size = f"{100 * small:g} point" + ("" if small == 0.01 else "s")
     if lo == hi:  # every seed gave the same difference: a t-interval of no width estimates nothing
-        why, conclusion = "every seed gave the same difference, so the interval has no width", f"undecided at {seeds} seeds"
+        why = "every seed gave the same difference, so the interval has no width"
+        conclusion = f"undecided at {seeds} seeds"
     elif lo > 0:
         why, conclusion = "the interval excludes zero", "a gain"
     elif hi < 0:

@@ -397,6 +397,31 @@ def naive_weighted_knn(bank, bank_y, queries, k, temperature=0.07):
     return np.array(out)
 
 
+def test_a_backbone_is_probed_by_the_pixels_rule(tmp_path, smoke_backbone):
+    """The features' probes choose k and C on validation from the pixels' grids, as the pixels'
+    do (they had kept k = 20 and C = 1 while the pixels' were tuned): the reference recomputes
+    every setting's validation accuracy from the frozen features with the plain functions."""
+    import importlib
+    from lossless.pretrain import pretrain
+    from lossless.probes import C_GRID, K_GRID, knn_accuracy, linear_probe_accuracy
+    cl = importlib.import_module("lossless.experiments.claims")
+    cfg = smoke(tmp_path)
+    path = pretrain(cfg)["backbone"]
+    split, features = cl.frozen_features(cfg, path)
+    f = {n: features(split.images(n)) for n in ("labelled", "val", "test")}
+    y = {n: split.labels(n) for n in f}
+    knn = {k: knn_accuracy(f["labelled"], torch.from_numpy(y["labelled"]), f["val"], torch.from_numpy(y["val"]),
+                           k=k, num_classes=split.data.num_classes) for k in K_GRID}
+    lin = {c: linear_probe_accuracy(f["labelled"], y["labelled"], f["val"], y["val"], c=c) for c in C_GRID}
+    k, c = max(knn, key=knn.get), max(lin, key=lin.get)
+    got = cl.probe_backbone(cfg, path)
+    assert (got["knn_k"], got["linear_c"]) == (k, c)
+    assert got["knn_val"] == knn[k] and got["linear_val"] == lin[c]
+    assert got["linear_test"] == linear_probe_accuracy(f["labelled"], y["labelled"], f["test"], y["test"], c=c)
+    assert cl.frozen_probes(cfg, path)["probe_settings"] == {"k": k, "C": c}
+    assert pretrain(cfg)["probes"]["knn_k"] == k                       # the run's own result: the same rule
+
+
 def test_pixel_baselines_choose_their_settings_on_validation(tmp_path, monkeypatch):
     import importlib
     from lossless import data

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 from .. import config as config_mod
 from .. import runs
@@ -33,8 +32,8 @@ from ..engine import resolve_device, resolve_precision
 from ..evaluate import mean_std, paired_difference
 from ..finetune import finetune, load_backbone
 from ..fixmatch import fixmatch
-from ..pretrain import backbone_for, load_data, pretrain
-from ..probes import C_GRID, K_GRID, chosen_probes, embed, knn_accuracy, linear_probe_accuracy, pixel_probes
+from ..pretrain import backbone_for, load_data, pretrain, split_features, split_probes
+from ..probes import C_GRID, K_GRID, embed, linear_probe_accuracy, pixel_probes
 from ..pseudo import pseudo_label
 from ..tables import interval, pm, verdict
 
@@ -95,13 +94,11 @@ def frozen_features(cfg: Mapping[str, Any], backbone_path: Path):
 
 
 def probe_backbone(cfg: Mapping[str, Any], backbone_path: Path) -> dict:
-    """``probes.chosen_probes`` of a frozen backbone: the labelled images' features as the bank
+    """``pretrain.split_probes`` of a frozen backbone: the labelled images' features as the bank
     and training set, k and C chosen on validation (the pixels' protocol). Returns ``knn_val``,
     ``linear_val``, ``knn_test``, ``linear_test``, ``knn_k`` and ``linear_c``."""
     split, features = frozen_features(cfg, backbone_path)
-    p = chosen_probes(*(x for name in ("labelled", "val", "test")
-                        for x in (features(split.images(name)), split.labels(name))),
-                      num_classes=split.data.num_classes)
+    p = split_probes(split, split_features(split, features))
     return {"knn_val": p["knn_val"], "linear_val": p["linear_val"], "knn_test": p["knn_test"],
             "linear_test": p["linear_probe_test"], "knn_k": p["knn_k"], "linear_c": p["linear_c"]}
 
@@ -212,7 +209,8 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
     curve); ``tune_supervised``: the supervised-only baseline with ``supervised_grid``'s choice
     (False: the configuration's own setting; a mapping: a grid already run, such as a record's
     ``supervised_grid``, whose choice is used without running the grid again)."""
-    for name, value, low in (("seeds", seeds, 2), ("budget_seeds", budget_seeds, 0), ("fixmatch_seeds", fixmatch_seeds, 0)):
+    for name, value, low in (("seeds", seeds, 2), ("budget_seeds", budget_seeds, 0),
+                             ("fixmatch_seeds", fixmatch_seeds, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise config_mod.ConfigError(f"{name}={value!r} is not allowed: an integer >= {low} "
                                          f"(seeds of the claim experiment; a paired interval needs two)")
@@ -393,8 +391,9 @@ def probe_label_curve(cfg: Mapping[str, Any], backbone_path: Path, per_class=(32
     """What limits the linear probe: the labels or the features? The frozen backbone's linear
     probe and logistic regression on pixels (each with its C chosen on validation at the
     configuration's own labels, :func:`probe_backbone` and :func:`pixel_baselines`) trained on
-    ``per_class`` images a class drawn from the unlabelled pool with their hidden labels (a measurement, never a training input of the
-    pipeline), each scored on the test set. Stored beside the backbone like the probes."""
+    ``per_class`` images a class drawn from the unlabelled pool with their hidden labels (a
+    measurement, never a training input of the pipeline), each scored on the test set. Stored
+    beside the backbone like the probes."""
     backbone_path = Path(backbone_path)
     stat = backbone_path.stat()
     key = {"backbone": str(backbone_path.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
