@@ -241,6 +241,9 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
         choice("lars", "sgd", "adamw")),
     "ssl_weight_decay": (1e-6, "weight decay (not on biases and norm parameters)",
         NONNEG),
+    "ssl_lars_eta": (1e-3, "LARS trust coefficient: a weight matrix moves about lr x eta of its norm a step "
+        "(the Barlow Twins code: 0.001)",
+        POSITIVE),
     "ssl_warmup_epochs": (10, "linear warm-up epochs before the cosine decay",
         NONNEG_INT),
     "ssl_max_steps_per_epoch": (None, "cap on steps per epoch (smoke tests, benchmarks)",

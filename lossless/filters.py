@@ -110,16 +110,17 @@ def top_activating(features: np.ndarray, channels: Sequence[int], k: int = 8) ->
 
 def figure2(cfg: Mapping[str, Any], methods: str = "barlow,simclr,byol,swav", layer: str = "stem.0",
             image: int = 0, channels: int = 4, top: int = 8) -> dict:
-    """Everything the filters chapter draws, for the runs ``methods`` of section 4's comparison
-    (``compare_methods`` entries, pretrained for ``compare_epochs``; loaded when finished):
-    each backbone's ``layer`` filters beside the same layer at initialisation (one scale for
-    all), the maps of test image number ``image`` after each stage of the first run, and for the
-    first two runs the pool images that most activate their ``channels`` most selective
+    """Everything the filters chapter draws: the main-line backbone of ``cfg`` (pretrained for
+    ``ssl_epochs``) and the runs ``methods`` of section 4's comparison (``compare_methods``
+    entries, pretrained for ``compare_epochs``), each loaded when finished. For each, the
+    ``layer`` filters, the same layer at its initialisation and the change, all on one scale;
+    the maps of test image number ``image`` after each stage of the main line; and for the first
+    two backbones the pool images that most activate their ``channels`` most selective
     last-stage channels."""
     from . import config as config_mod
     from .experiments.table1 import compare_cfg, labels
     from .features import frozen_features
-    from .pretrain import load_data, pretrain
+    from .pretrain import load_data, pretrain, pretrain_dir
     try:
         runs_wanted = config_mod.table1_runs(methods)
     except ValueError as exc:
@@ -134,41 +135,53 @@ def figure2(cfg: Mapping[str, Any], methods: str = "barlow,simclr,byol,swav", la
         raise config_mod.ConfigError(f"filter_image={image} is not allowed: a test image number from 0 to "
                                      f"{len(test) - 1}")
     keys = [m if b is None else f"{m}:{b}" for m, b in runs_wanted]
-    named = labels({"runs": {k: {"method": m, "backbone": b or cfg["backbone"]}
-                             for k, (m, b) in zip(keys, runs_wanted)}})
-    weights, nets, cfgs = {}, {}, {}
+    named = labels({"runs": {"main": {"method": cfg["ssl_method"], "backbone": cfg["backbone"]},
+                             **{k: {"method": m, "backbone": b or cfg["backbone"]}
+                                for k, (m, b) in zip(keys, runs_wanted)}}})
+    # the main line first (the book's longest run), then section 4's runs; each beside its own
+    # initialisation (the same seed: every run of one network starts from the same weights)
+    wanted = [(f"{named['main']}, main line, {cfg['ssl_epochs']} epochs", cfg)]
     for key, (method, net_name) in zip(keys, runs_wanted):
         c = compare_cfg(cfg, method, cfg["compare_epochs"], net_name)
+        if pretrain_dir(c) != pretrain_dir(cfg):
+            wanted.append((f"{named[key]}, {c['ssl_epochs']} epochs", c))
+    weights, initial, nets, cfgs = {}, {}, {}, {}
+    for name, c in wanted:
         path = Path(pretrain(c)["backbone"])
-        nets[key], ckpt = backbone(c, path, split)
-        cfgs[key] = (c, path, ckpt)
-        weights[named[key]] = layer_weights(nets[key], layer)
-    first = keys[0]
-    init, _ = backbone(cfgs[first][0], None, split)
-    weights = {f"initialisation ({named[first]}'s network)": layer_weights(init, layer), **weights}
+        nets[name], ckpt = backbone(c, path, split)
+        cfgs[name] = (c, path, ckpt)
+        weights[name] = layer_weights(nets[name], layer)
+        initial[name] = layer_weights(backbone(c, None, split)[0], layer)
+    first = wanted[0][0]
     shown = {k: shown_filters(w) for k, w in weights.items()}
-    scale = max(float(np.abs(v).max()) for v in shown.values())
+    shown_init = {k: shown_filters(w) for k, w in initial.items()}
+    scale = max(float(np.abs(v).max()) for v in [*shown.values(), *shown_init.values()])
     c, path, ckpt = cfgs[first]
     maps = stage_maps(nets[first], split.data.images[test[image]], ckpt["mean"], ckpt["std"]) \
         if hasattr(nets[first], "layer4") else {}
     pool = split.indices("unlabelled")
     classes, labels_all = split.data.classes, split.data.labels
     tops = {}
-    for key in keys[:2]:
-        c, path, _ = cfgs[key]
+    for name, _ in wanted[:2]:
+        c, path, _ = cfgs[name]
         feats = np.asarray(frozen_features(c, path)[pool])
         for ch, idx in top_activating(feats, selective_channels(feats, channels), top).items():
             chosen = np.sort(pool[idx])  # sorted: a forward read of the memory map
             order = np.argsort(np.argsort(pool[idx]))
             imgs = split.data.images[chosen][order]
-            tops[f"{named[key]}\nchannel {ch}"] = (imgs, [classes[labels_all[i]][:10] for i in pool[idx]])
-    init_w = weights[next(iter(weights))]
-    return {"layer": layer, "scale": scale, "weights": weights,
-            "mosaics": {k: mosaic(v, scale=scale)[0] for k, v in shown.items()},
-            "norms": {k: filter_norms(w) for k, w in weights.items()},
-            "similarity": {k: float(np.mean(cosine_to(w, init_w))) for k, w in list(weights.items())[1:]},
+            tops[f"{name.split(',')[0]} ({name.split(', ')[-1]})\nchannel {ch}"] = (
+                imgs, [classes[labels_all[i]][:10] for i in pool[idx]])
+    norms = {k: filter_norms(w) for k, w in weights.items()}
+    columns = int(np.ceil(np.sqrt(len(w0 := next(iter(weights.values()))))))  # a square mosaic: largest squares
+    return {"layer": layer, "scale": scale, "weights": weights, "initial": initial,
+            "mosaics": {k: mosaic(v, columns, scale=scale)[0] for k, v in shown.items()},
+            "initial_mosaics": {k: mosaic(v, columns, scale=scale)[0] for k, v in shown_init.items()},
+            "changes": {k: mosaic(shown[k] - shown_init[k], columns, scale=scale)[0] for k in shown},
+            "norms": norms,
+            "norm_ratio": {k: float(np.mean(norms[k]) / np.mean(filter_norms(initial[k]))) for k in weights},
+            "similarity": {k: float(np.mean(cosine_to(w, initial[k]))) for k, w in weights.items()},
             "image": split.data.images[test[image]], "image_label": classes[labels_all[test[image]]],
-            "maps": maps, "maps_of": named[first], "top_images": tops}
+            "maps": maps, "maps_of": first, "top_images": tops}
 
 
 def cosine_to(weights: np.ndarray, reference: np.ndarray) -> np.ndarray:

@@ -61,11 +61,12 @@ def split_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
-                    momentum: float = 0.9) -> torch.optim.Optimizer:
-    """``lars`` (the paper's) or ``sgd``; 1-D parameters get no weight decay either way."""
+                    momentum: float = 0.9, eta: float = 1e-3) -> torch.optim.Optimizer:
+    """``lars`` (the paper's, trust coefficient ``eta``) or ``sgd``; 1-D parameters get no weight
+    decay either way."""
     groups = split_decay_groups(model, weight_decay)
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
     if name == "sgd":
         for g in groups:
             g.pop("lars")

@@ -41,8 +41,15 @@ def run_keys(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     return PRETRAIN_KEYS + methods.get(cfg["ssl_method"]).keys
 
 
+# Keys added after runs were made: named in a run's key only where they differ from the value
+# every earlier run used, so those runs keep their folders.
+LATER_KEYS = {"ssl_lars_eta": 1e-3}
+
+
 def pretrain_dir(cfg: Mapping[str, Any]):
-    return runs.run_dir(cfg, f"pretrain-{cfg['ssl_method']}", {k: cfg.get(k) for k in run_keys(cfg)})
+    keys = {k: cfg.get(k) for k in run_keys(cfg)}
+    keys.update({k: cfg[k] for k, v in LATER_KEYS.items() if cfg.get(k, v) != v})
+    return runs.run_dir(cfg, f"pretrain-{cfg['ssl_method']}", keys)
 
 
 def steps_per_epoch(cfg: Mapping[str, Any], split: data_mod.Split) -> int:
@@ -205,6 +212,13 @@ def _reprobe(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, device: t
     return done
 
 
+def optimizer_for(cfg: Mapping[str, Any], task: torch.nn.Module) -> torch.optim.Optimizer:
+    """Pretraining's optimiser of ``task``: ``ssl_optimizer`` at the rate ``ssl_lr`` scaled by
+    batch / 256, ``ssl_weight_decay``, and for LARS the trust coefficient ``ssl_lars_eta``."""
+    return build_optimizer(cfg["ssl_optimizer"], task, scaled_lr(cfg["ssl_lr"], cfg["ssl_batch_size"]),
+                           cfg["ssl_weight_decay"], eta=cfg["ssl_lars_eta"])
+
+
 def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, device: torch.device,
                   dist: distributed.DistInfo, progress: bool) -> dict:
     data = split.data
@@ -215,7 +229,7 @@ def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, devi
     batch = cfg["ssl_batch_size"]
     batches = Batches(data.images, None, train_idx, batch, seed=cfg["seed"], dist_info=dist, device=device,
                       max_steps=cfg["ssl_max_steps_per_epoch"])
-    optimizer = build_optimizer(cfg["ssl_optimizer"], task, scaled_lr(cfg["ssl_lr"], batch), cfg["ssl_weight_decay"])
+    optimizer = optimizer_for(cfg, task)
     steps, epochs = len(batches), cfg["ssl_epochs"]
     schedule = lambda g: warmup_cosine(g, epochs * steps, cfg["ssl_warmup_epochs"] * steps)  # noqa: E731
 

@@ -132,8 +132,8 @@ def confusion(matrix, classes: Sequence[str], normalise: bool = True):
         m = m / np.maximum(m.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(5.2, 4.4))
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1 if normalise else None)
-    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, shrink=0.8)
@@ -181,7 +181,7 @@ def pseudo_rounds(histories: dict[str, list[dict]]):
         b.plot([r["round"] for r in picked], [100 * r["precision"] for r in picked], marker="o", label=name)
     a.set_xlabel("round (0: fine-tuned)")
     a.set_ylabel("accuracy %")
-    a.legend(fontsize=7)
+    a.legend(fontsize=8)
     b.set_xlabel("round")
     b.set_ylabel("pseudo-labels correct %")
     b.legend(fontsize=8)
@@ -206,9 +206,9 @@ def class_composition(histories: dict[str, list[dict]], classes: Sequence[str]):
         heights = np.array([b[c] for b in bars], dtype=float)
         ax.bar(range(len(bars)), heights, bottom=bottom, color=colours(c % colours.N), label=classes[c])
         bottom += heights
-    ax.set_xticks(range(len(bars)), names, fontsize=7)
+    ax.set_xticks(range(len(bars)), names, fontsize=8)
     ax.set_ylabel("images pseudo-labelled")
-    ax.legend(fontsize=6, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.legend(fontsize=8, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -226,7 +226,7 @@ def reliability(calibrations: dict[str, dict]):
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -288,7 +288,7 @@ def margin_gallery(rows: dict[str, tuple[np.ndarray, list[str]]]):
             ax = axes[r, c]
             if c < len(imgs):
                 _show(ax, imgs[c])
-                ax.set_title(titles[c], fontsize=6)
+                ax.set_title(titles[c], fontsize=8)
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(name, fontsize=8)
@@ -364,7 +364,7 @@ def request_classes(rows: list[dict], classes: Sequence[str]):
     im = ax.imshow(share, cmap="viridis", aspect="auto")
     for i in range(share.shape[0]):
         for j in range(share.shape[1]):
-            ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=7,
+            ax.text(j, i, f"{share[i, j]:.0f}", ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] < share.max() * 0.6 else "black")
     ax.set_xticks(range(len(classes)))
     ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
@@ -397,7 +397,7 @@ def upset(rows: list[dict], names: Sequence[str], title: str = ""):
     top.bar(xs, counts, yerr=[r.get("sd", 0) for r in rows] if any("sd" in r for r in rows) else None,
             color="0.3", capsize=2)
     for x, r in zip(xs, rows):
-        top.text(x, r["count"] + r.get("sd", 0), f"{r['count']:,.0f}", ha="center", va="bottom", fontsize=7)
+        top.text(x, r["count"] + r.get("sd", 0), f"{r['count']:,.0f}", ha="center", va="bottom", fontsize=8)
     top.set_ylabel("images")
     top.set_title(title, fontsize=9)
     top.spines[["top", "right"]].set_visible(False)
@@ -455,42 +455,48 @@ def pair_matrices(agreement: np.ndarray, error_correlation: np.ndarray, names: S
     return fig
 
 
-def filter_mosaics(mosaics: dict[str, np.ndarray], norms: dict[str, np.ndarray] | None = None):
-    """Figure 2: one mosaic of filters per model (from ``filters.mosaic``, values in [-1, 1] on
-    one shared scale), each weight a square (no smoothing); below each, its filters' L2 norms."""
-    k = len(mosaics)
-    rows = 2 if norms else 1
-    fig, axes = plt.subplots(rows, k, figsize=(2.9 * k, 3.0 + 1.3 * (rows - 1)), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1] if rows == 2 else [1]})
+def filter_mosaics(fig2: dict):
+    """Figure 2: one row per backbone (from ``filters.figure2``): its filters at initialisation,
+    after training and the change, each weight a square on one shared scale (no smoothing); the
+    row says each filter's mean cosine to its initial weights and the norms' ratio."""
+    names = list(fig2["mosaics"])
+    parts = (("at initialisation", fig2["initial_mosaics"]), ("trained", fig2["mosaics"]),
+             ("change (trained - initial)", fig2["changes"]))
+    first = np.asarray(fig2["mosaics"][names[0]])
+    aspect = first.shape[0] / first.shape[1]
+    fig, axes = plt.subplots(len(names), 3, figsize=(10, 0.5 + len(names) * 1.85 * aspect), squeeze=False)
+    fig.subplots_adjust(left=0.24, right=0.86, top=1 - 0.35 / (0.5 + len(names) * 1.85 * aspect), bottom=0.02,
+                        wspace=0.08, hspace=0.12)
+    cmap = plt.get_cmap("RdBu_r").copy()
+    cmap.set_bad("white")
     im = None
-    for i, (name, m) in enumerate(mosaics.items()):
-        ax = axes[0, i]
-        m = np.asarray(m, dtype=np.float64)
-        if m.shape[-1] == 3:  # colour filters: -1..1 -> 0..1, blank gaps white
-            ax.imshow(np.nan_to_num((m + 1) / 2, nan=1.0), interpolation="nearest")
-        else:
-            cmap = plt.get_cmap("RdBu_r").copy()
-            cmap.set_bad("white")
-            im = ax.imshow(np.ma.masked_invalid(m[..., 0]), cmap=cmap, vmin=-1, vmax=1, interpolation="nearest")
-        ax.set_title(name, fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if norms:
-            b = axes[1, i]
-            b.bar(np.arange(len(norms[name])), norms[name], color="0.35", width=0.8)
-            b.set_xlabel("filter", fontsize=8)
-            b.tick_params(labelsize=7)
-            if i == 0:
-                b.set_ylabel("L2 norm", fontsize=8)
+    for r, name in enumerate(names):
+        for c, (title, panels) in enumerate(parts):
+            ax = axes[r, c]
+            m = np.asarray(panels[name], dtype=np.float64)
+            if m.shape[-1] == 3:  # colour filters: -1..1 -> 0..1, blank gaps white
+                ax.imshow(np.clip(np.nan_to_num((m + 1) / 2, nan=1.0), 0, 1), interpolation="nearest")
+            else:
+                im = ax.imshow(np.ma.masked_invalid(m[..., 0]), cmap=cmap, vmin=-1, vmax=1,
+                               interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=10)
+        label = name.replace(", ", "\n", 1) if len(name) > 24 else name
+        axes[r, 0].set_ylabel(f"{label}\ncosine {fig2['similarity'][name]:.2f}\n"
+                              f"norm {fig2['norm_ratio'][name]:.2f}x", fontsize=10, rotation=0,
+                              ha="right", va="center", labelpad=8)
     if im is not None:
-        fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="weight / largest |weight|")
+        bar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.5, pad=0.02)
+        bar.set_label("weight / largest |weight|", fontsize=10)
     return fig
 
 
 def stage_activations(maps: dict[str, np.ndarray], image: np.ndarray, channels: int = 6):
     """One image and, for each stage, its first ``channels`` feature maps (each on its own
     scale, nearest-neighbour so each activation is a square)."""
-    fig, axes = plt.subplots(len(maps), channels + 1, figsize=(1.05 * (channels + 1), 1.1 * len(maps)),
+    fig, axes = plt.subplots(len(maps), channels + 1, figsize=(1.35 * (channels + 1), 1.35 * len(maps)),
                              squeeze=False)
     for r, (stage, m) in enumerate(maps.items()):
         for c in range(channels + 1):
@@ -503,7 +509,7 @@ def stage_activations(maps: dict[str, np.ndarray], image: np.ndarray, channels: 
                 else:
                     ax.axis("off")
                 ax.text(-0.1, 0.5, f"{stage}\n{m.shape[1]}x{m.shape[2]}", transform=ax.transAxes,
-                        ha="right", va="center", fontsize=7)
+                        ha="right", va="center", fontsize=8)
                 continue
             if c - 1 < len(m):
                 ax.imshow(m[c - 1], cmap="magma", interpolation="nearest")
@@ -529,7 +535,7 @@ def architectures(result: dict | None, missing: str = "no record"):
         s, x = n["summary"], n["flops"] / 1e6
         line, = a.plot([x], [100 * s["finetune"]["mean"]], marker="o", ls="", label=n["network"])
         a.plot([x], [100 * s["pseudo"]["mean"]], marker="^", ls="", color=line.get_color())
-        a.annotate(n["network"], (x, 100 * s["finetune"]["mean"]), fontsize=7, xytext=(4, -10),
+        a.annotate(n["network"], (x, 100 * s["finetune"]["mean"]), fontsize=8, xytext=(4, -10),
                    textcoords="offset points")
         val = s["val_by_round"]
         b.plot(range(len(val)), [100 * v for v in val], marker="o", color=line.get_color(), label=n["network"])
@@ -539,6 +545,6 @@ def architectures(result: dict | None, missing: str = "no record"):
     b.set_xlabel("pseudo-label round (0: fine-tuned)")
     b.set_ylabel("validation accuracy %")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
-    b.legend(fontsize=7)
+    b.legend(fontsize=8)
     fig.tight_layout()
     return fig

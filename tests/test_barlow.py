@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from lossless.methods.barlow import BarlowTwins, barlow_twins_loss, cross_correlation
@@ -101,6 +102,26 @@ def test_lars_step_against_reference():
         for p, (want, mu) in zip(params, expected):
             assert torch.allclose(p, want, atol=1e-6)
         mus = [mu for _, mu in expected]
+
+
+@pytest.mark.parametrize("eta", [1e-3, 1e-2])
+def test_pretraining_optimiser_moves_each_weight_matrix_by_rate_times_trust_coefficient(eta):
+    """LARS's first step (no momentum yet) moves a weight matrix by exactly lr x eta of its norm:
+    a configured ``ssl_lars_eta`` that did not reach pretraining's optimiser would move it by
+    the default's 0.001 instead."""
+    from lossless import config
+    from lossless.optim import scaled_lr
+    from lossless.pretrain import optimizer_for
+    cfg = config.load_profile("smoke", ssl_lars_eta=eta)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+    opt = optimizer_for(cfg, model)
+    before = [m.weight.detach().clone() for m in (model[0], model[2])]
+    model(torch.randn(16, 6)).pow(2).sum().backward()
+    opt.step()
+    for w0, m in zip(before, (model[0], model[2])):
+        moved = float(torch.linalg.norm(m.weight.detach() - w0) / torch.linalg.norm(w0))
+        assert math.isclose(moved, scaled_lr(cfg["ssl_lr"], cfg["ssl_batch_size"]) * eta, rel_tol=1e-4)
 
 
 def test_schedule_warmup_then_cosine_to_one_thousandth():

@@ -41,6 +41,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "weight-decay-3e-5": ("weight decay 3e-5 (30x): against the 1/32 loss scale, the ratio of CIFAR recipes",
                           {"ssl_weight_decay": 3e-5}),
     "crop-0.5": ("milder crops (at least half the image, not a fifth)", {"crop_scale_min": 0.5}),
+    "lars-eta-0.01": ("LARS trust coefficient 0.01 (10x): each weight matrix moves ten times further a step, "
+                      "lr x eta = 0.006 as in solo-learn's CIFAR Barlow Twins (0.3 x 0.02)", {"ssl_lars_eta": 0.01}),
 }
 METRICS = ("linear_val", "knn_val", "linear_test", "knn_test")
 
