@@ -64,6 +64,22 @@ def read_record(name: str, profile: str, remake: str | None = None) -> dict | No
                             f"make it again with `{remake or f'lossless experiment {name} --profile {profile}'}`") from None
 
 
+def record_backbone(rec: Mapping[str, Any] | None, cfg: Mapping[str, Any]) -> str:
+    """Whether a record's runs started from this profile's pretrained backbone: "" when they did
+    (or the record names none), otherwise a clause for the sentence that cites the record,
+    naming both runs: a profile whose pretraining settings changed after the record was made
+    leaves its figures describing the older backbone until it is made again."""
+    run = ((rec or {}).get("pretraining") or {}).get("run")
+    if not run:
+        return ""
+    from .pretrain import pretrain_dir
+    ours = pretrain_dir(cfg).name
+    if Path(run).name == ours:
+        return ""
+    return (f"; made with an earlier backbone ({Path(run).name}; this profile's is now {ours}), "
+            "so its figures describe that backbone until the record is made again")
+
+
 def toc_files(root: Path = ROOT) -> list[str]:
     """Document paths of ``_toc.yml`` in reading order (``book/intro``, ``book/data``, ...)."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())

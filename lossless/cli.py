@@ -134,7 +134,8 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
                       finalists=args.finalists)
         r["command"] = (f"lossless experiment screen --profile {cfg['profile']} --seeds {seeds} --pilot-seeds "
                         f"{args.pilot_seeds} --finalists {args.finalists}"
-                        + (f" --screen-epochs {args.screen_epochs}" if args.screen_epochs is not None else ""))
+                        + (f" --screen-epochs {args.screen_epochs}" if args.screen_epochs is not None else "")
+                        + "".join(f" {kv}" for kv in args.overrides or []))
         out = write_record(r, "screen", cfg["profile"], args.out)
         return {"written_to": str(out), "best_by_validation": r["best_by_validation"], "rows": sc.rows(r)}
     if args.name == "architectures":

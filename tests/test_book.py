@@ -360,3 +360,19 @@ def test_nbval_notebooks_become_the_books_chapters_only_when_their_cells_are_the
     assert first.is_file() and first.with_suffix(".key").read_text() == book._key(
         plugin.chapters[stems[0]], PROFILE, plugin.params, "")
     assert not (executed / f"{stems[1]}.ipynb").exists() and not (executed / f"{stems[2]}.ipynb").exists()
+
+
+def test_a_record_made_from_another_backbone_says_so(tmp_path, monkeypatch):
+    """A record whose runs fine-tuned an older backbone than the profile's (its pretraining
+    settings changed since) is cited with both runs named; one made from this backbone adds
+    nothing. Fails when the check compares nothing (always "") or the wrong run."""
+    from lossless import config
+    from lossless.pretrain import pretrain_dir
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load_profile("smoke")
+    ours = pretrain_dir(cfg).name
+    assert book.record_backbone({"pretraining": {"run": f"/elsewhere/runs/{ours}"}}, cfg) == ""
+    assert book.record_backbone({"seeds": []}, cfg) == ""  # a record that names no backbone
+    older = pretrain_dir(cfg.replace(ssl_lars_eta=0.01)).name
+    said = book.record_backbone({"pretraining": {"run": f"/tmp/fb/runs/{older}"}}, cfg)
+    assert older in said and ours in said and "earlier backbone" in said

@@ -352,7 +352,7 @@ def test_the_backbone_study_pilots_every_recipe_then_pairs_the_finalist(tmp_path
     assert r["runs"]["base"][0]["run"] != r["runs"][winner][0]["run"] != r["runs"][winner][1]["run"]
     assert r["best_by_validation"] == max(("base", winner), key=lambda n: r["summary"][n]["linear_val"]["mean"])
     shown = {row["recipe"]: row for row in sc.rows(r)}
-    assert list(shown) == ["base", "lr", "crop"] and shown[loser]["minus the profile (val linear, points)"].endswith("(1 seed)")
+    assert list(shown) == ["base", "lr", "crop"] and shown[loser]["minus the profile: val linear (points)"].endswith("(1 seed)")
     import lossless.experiments.screen as mod
     monkeypatch.setattr(mod, "probe_backbone", lambda *a: (_ for _ in ()).throw(AssertionError("probed again")))
     assert sc.screen(cfg, recipes, seeds=2, epochs=1, pilot_seeds=1, finalists=1)["summary"] == r["summary"]
@@ -366,6 +366,27 @@ def test_the_backbone_study_pilots_every_recipe_then_pairs_the_finalist(tmp_path
     again = sc.screen(cfg, recipes, seeds=2, epochs=1, pilot_seeds=1, finalists=1)
     assert [x["seed"] for x in again["runs"][loser]] == [0, 1]  # a seed already run is kept, not dropped
     assert again["summary"][loser]["minus_reference"]["linear_val"]["n"] == 2
+
+
+def test_a_recipe_is_adopted_for_a_gain_on_one_validation_probe_and_a_loss_on_neither():
+    """The study's rule on paired intervals: a gain on the linear or the k-NN validation probe,
+    a loss on neither, every seed run; the recipe a profile has since taken is named. Fails if
+    one probe alone judges (``knn-loss`` would pass) or a pilot-only recipe counts."""
+    from lossless.experiments import screen as sc
+
+    def d(mean, half):
+        return {"mean": mean, "low": mean - half, "high": mean + half, "n": 3, "confidence": 0.95}
+    diffs = {"profile": (d(0, 0), d(0, 0), 3), "both": (d(0.02, 0.01), d(0.03, 0.01), 3),
+             "knn-only": (d(-0.005, 0.01), d(0.03, 0.01), 3), "knn-loss": (d(0.03, 0.01), d(-0.02, 0.01), 3),
+             "pilot": (d(0.05, 0.01), d(0.05, 0.01), 1), "nothing": (d(0.01, 0.02), d(0.0, 0.02), 3)}
+    result = {"reference": "profile", "seeds": 3, "base": {"crop_scale_min": 0.2},
+              "recipes": {n: {"what": n, "overrides": {}} for n in diffs},
+              "summary": {n: {"seeds": k, "minus_reference": {"linear_val": lin, "knn_val": knn}}
+                          for n, (lin, knn, k) in diffs.items()}}
+    assert sc.adoptable(result) == ["both", "knn-only"]
+    result["recipes"]["knn-only"]["overrides"] = {"crop_scale_min": 0.5}
+    assert sc.taken(result, config.load_profile("smoke", crop_scale_min=0.5)) == "knn-only"
+    assert sc.taken(result, config.load_profile("smoke", crop_scale_min=0.2)) is None
 
 
 def test_architecture_comparisons_pair_seeds_against_the_reference():

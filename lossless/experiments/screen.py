@@ -134,24 +134,57 @@ def screen(cfg: Mapping[str, Any], recipes: Mapping[str, tuple[str, dict]] | Non
             "finalists": chosen, "reference": reference,
             "recipes": {n: {"what": w, "overrides": o} for n, (w, o) in recipes.items()},
             "runs": rows, "summary": summary, "best_by_validation": best,
-            "base": {k: cfg[k] for k in ("backbone", "width", "ssl_epochs", "ssl_batch_size", "ssl_lr", "projector",
-                                          "crop_scale_min", "blur_sigma_max", "jitter_strength")}}
+            "base": {k: cfg[k] for k in ("backbone", "width", "ssl_epochs", "ssl_batch_size", "ssl_lr", "ssl_lars_eta",
+                                          "projector", "crop_scale_min", "blur_sigma_max", "jitter_strength")}}
+
+
+PROBES = ("linear_val", "knn_val")  # what judges a recipe: both probes, on the validation images
+
+
+def adoptable(result: Mapping[str, Any]) -> list[str]:
+    """The recipes (run on every seed of the study) that a profile should take: a gain on at
+    least one validation probe and a loss on neither (each by :func:`tables.verdict` on its
+    paired interval), largest summed gain first. The book's targets are on both probes, so
+    both judge."""
+    from ..tables import verdict
+    chosen = []
+    for name, s in result["summary"].items():
+        if name == result["reference"] or s["seeds"] < result["seeds"]:
+            continue
+        words = [verdict(s["minus_reference"][m]) for m in PROBES]
+        if "a gain" in words and "a loss" not in words:
+            chosen.append(name)
+    return sorted(chosen, key=lambda n: -sum(result["summary"][n]["minus_reference"][m]["mean"] for m in PROBES))
+
+
+def taken(result: Mapping[str, Any], cfg: Mapping[str, Any]) -> str | None:
+    """The recipe whose changes the profile ``cfg`` has taken since the study (every parameter
+    it changes now has the recipe's value, and the study's base had another), or None."""
+    base = result.get("base", {})
+    for name, r in result["recipes"].items():
+        over = r["overrides"]
+        if over and name != result["reference"] and all(cfg.get(k) == v for k, v in over.items()) \
+                and any(base.get(k, config_mod.PARAMETERS[k][0]) != over[k] for k in over):
+            return name
+    return None
 
 
 def rows(result: Mapping[str, Any]) -> list[dict]:
     """One row per recipe: what it changes, its seeds, its probes (mean +- sd over seeds) and its
-    difference from the reference on the validation linear probe (an interval from 2 seeds on)."""
+    differences from the reference on both validation probes (an interval from 2 seeds on)."""
     from ..tables import interval, pm
 
     def shown(stats):  # one seed has no spread to show
         return pm(stats) if stats["n"] >= 2 else f"{100 * stats['mean']:.2f}%"
     out = []
     for name, s in result["summary"].items():
-        d = s["minus_reference"]["linear_val"]
-        diff = "" if name == result["reference"] else (
-            f"{100 * d['mean']:+.2f} {interval(d)}" if d["n"] >= 2 else f"{100 * d['mean']:+.2f} (1 seed)")
+        def diff(m):
+            d = s["minus_reference"][m]
+            return "" if name == result["reference"] else (
+                f"{100 * d['mean']:+.2f} {interval(d)}" if d["n"] >= 2 else f"{100 * d['mean']:+.2f} (1 seed)")
         out.append({"recipe": name, "what it changes": result["recipes"][name]["what"], "seeds": s.get("seeds"),
                     "linear probe, val": shown(s["linear_val"]), "k-NN, val": shown(s["knn_val"]),
                     "linear probe, test": shown(s["linear_test"]), "k-NN, test": shown(s["knn_test"]),
-                    "minus the profile (val linear, points)": diff, "minutes": s["minutes"]})
+                    "minus the profile: val linear (points)": diff("linear_val"),
+                    "minus the profile: val k-NN (points)": diff("knn_val"), "minutes": s["minutes"]})
     return out
