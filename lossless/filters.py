@@ -172,7 +172,7 @@ def figure2(cfg: Mapping[str, Any], methods: str = "barlow,simclr,byol,swav", la
             tops[f"{name.split(',')[0]} ({name.split(', ')[-1]})\nchannel {ch}"] = (
                 imgs, [classes[labels_all[i]][:10] for i in pool[idx]])
     norms = {k: filter_norms(w) for k, w in weights.items()}
-    columns = int(np.ceil(np.sqrt(len(w0 := next(iter(weights.values()))))))  # a square mosaic: largest squares
+    columns = int(np.ceil(np.sqrt(len(weights[first]))))  # a square mosaic: the largest squares
     return {"layer": layer, "scale": scale, "weights": weights, "initial": initial,
             "mosaics": {k: mosaic(v, columns, scale=scale)[0] for k, v in shown.items()},
             "initial_mosaics": {k: mosaic(v, columns, scale=scale)[0] for k, v in shown_init.items()},

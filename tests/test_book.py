@@ -373,6 +373,12 @@ def test_a_record_made_from_another_backbone_says_so(tmp_path, monkeypatch):
     ours = pretrain_dir(cfg).name
     assert book.record_backbone({"pretraining": {"run": f"/elsewhere/runs/{ours}"}}, cfg) == ""
     assert book.record_backbone({"seeds": []}, cfg) == ""  # a record that names no backbone
+    # a key added later (ssl_lars_eta) leaves a run at its old default in its old folder
+    from lossless import runs
+    from lossless.pretrain import run_keys
+    before = runs.run_dir(cfg, "pretrain-barlow", {k: cfg.get(k) for k in run_keys(cfg)}).name
+    assert ours == before
     older = pretrain_dir(cfg.replace(ssl_lars_eta=0.01)).name
+    assert older != ours
     said = book.record_backbone({"pretraining": {"run": f"/tmp/fb/runs/{older}"}}, cfg)
     assert older in said and ours in said and "earlier backbone" in said
