@@ -116,23 +116,23 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     from .book import write_record
     cfg = _config(args)
     cfg["progress"] = cfg["progress"] and not args.quiet
+    seeds = {} if args.seeds is None else {"seeds": args.seeds}  # else each experiment's own default
     if args.name == "active":
         from .experiments import active as ex
-        r = ex.experiment(cfg, seeds=10 if args.seeds is None else args.seeds)
+        r = ex.experiment(cfg, **seeds)
         return {"run": r["run"], "seeds": len(r["seeds"]), "budget": r["budget"], "rounds": r["rounds"],
-                "minus_random": [{k: v for k, v in row.items() if k != "per_seed"} for row in ex.difference_rows(r)]}
+                "minus_random": ex.difference_rows(r)}
     if args.name == "table1":
         from .experiments import table1 as t1
-        r = t1.compare(cfg, seeds=5 if args.seeds is None else args.seeds)
+        r = t1.compare(cfg, **seeds)
         return {"epochs": r["epochs"], "table1": t1.table1(r),
                 "barlow_minus_others": [row for m in ("finetune", "linear_probe", "knn_probe")
                                         for row in t1.best_rows(r, m)]}
     if args.name == "screen":
         from .experiments import screen as sc
-        seeds = 3 if args.seeds is None else args.seeds
-        r = sc.screen(cfg, seeds=seeds, epochs=args.screen_epochs, pilot_seeds=args.pilot_seeds,
+        r = sc.screen(cfg, **seeds, epochs=args.screen_epochs, pilot_seeds=args.pilot_seeds,
                       finalists=args.finalists)
-        r["command"] = (f"lossless experiment screen --profile {cfg['profile']} --seeds {seeds} --pilot-seeds "
+        r["command"] = (f"lossless experiment screen --profile {cfg['profile']} --seeds {r['seeds']} --pilot-seeds "
                         f"{args.pilot_seeds} --finalists {args.finalists}"
                         + (f" --screen-epochs {args.screen_epochs}" if args.screen_epochs is not None else "")
                         + "".join(f" {kv}" for kv in args.overrides or []))
@@ -140,21 +140,21 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         return {"written_to": str(out), "best_by_validation": r["best_by_validation"], "rows": sc.rows(r)}
     if args.name == "architectures":
         from .experiments import architectures as ar
-        r = ar.architectures(cfg, seeds=5 if args.seeds is None else args.seeds)
+        r = ar.architectures(cfg, **seeds)
         out = write_record(r, "architectures", cfg["profile"], args.out)
         return {"written_to": str(out), "rows": ar.rows(r), "rounds": ar.round_rows(r)}
     if args.name == "ensembles":
         from .experiments import ensembles as en
-        r = en.ensembles(cfg, seeds=5 if args.seeds is None else args.seeds)
-        return {"models": r["models"], "summary": r["summary"], "minus_best_single": en.difference_rows(r),
+        r = en.ensembles(cfg, **seeds)
+        return {"models": r["models"], "summary": r["summary"], "comparisons": en.difference_rows(r),
                 "overlap_val": en.overlap_rows(r, "val"), "bounds": en.bound_rows(r)}
-    from .experiments import claims
-    r = claims(cfg, seeds=5 if args.seeds is None else args.seeds, all_rules=args.all_rules,
+    from .experiments.claims import claims, difference_rows
+    r = claims(cfg, **seeds, all_rules=args.all_rules,
                fixmatch_seeds=args.fixmatch_seeds)
     if args.record:  # the record the results chapter shows beside its own, shorter run
         r["written_to"] = str(write_record({k: v for k, v in r.items() if k != "written_to"}, "claims",
                                            cfg["profile"], args.out))
-    return {"written_to": r["written_to"], "summary": r["summary"], "paired_differences": r["paired_differences"]}
+    return {"written_to": r["written_to"], "summary": r["summary"], "comparisons": difference_rows(r)}
 
 
 def cmd_select(args: argparse.Namespace) -> dict:
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                                            "arch_networks at compare_epochs; forgetting in the rounds)")
     ex.add_argument("name", choices=["claims", "active", "table1", "ensembles", "screen", "architectures"])
     ex.add_argument("--seeds", type=int, default=None,
-                    help="seeds (default: 5 for claims, table1 and ensembles, 10 for active, 3 for screen)")
+                    help="seeds (default: the experiment's own, `lossless experiment NAME --help`'s defaults)")
     ex.add_argument("--screen-epochs", type=int, default=None,
                     help="screen: pretraining epochs of every recipe (default: the profile's ssl_epochs)")
     ex.add_argument("--pilot-seeds", type=int, default=1,

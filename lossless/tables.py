@@ -37,17 +37,20 @@ def pm(stats: Mapping[str, float], percent: bool = True, digits: int = 2) -> str
     return f"{scale * stats['mean']:.{digits}f}{unit} ± {scale * stats['std']:.{digits}f}"
 
 
-def verdict(d: Mapping[str, float], small: float = 0.01, reason: bool = False, points: bool = False) -> str:
+def verdict(d: Mapping[str, float], small: float = 0.01, reason: bool = False) -> str:
     """The one wording of a paired difference's 95% interval, for every table and sentence of the
     book: "a gain" or "a loss" where it excludes zero; where it includes zero, whether it still
     bounds the effect below ``small`` (a fraction: 0.01 is one point) or leaves the question
     open at this many seeds ("undecided at 5 seeds"), as it does when every seed gave the same
     difference (an interval of no width). ``reason``: with why ("the interval
-    excludes zero: a gain"). ``points``: ``d`` is in points, not fractions (``small`` is not)."""
-    lo, hi = (d["low"] / 100, d["high"] / 100) if points else (d["low"], d["high"])
+    excludes zero: a gain"). ``d`` is in fractions, as ``small`` is; a comparison of two arms
+    is worded through :class:`lossless.comparison.Comparison`, which calls this."""
+    lo, hi = d["low"], d["high"]
     seeds = d.get("n", d.get("seeds"))
     size = f"{100 * small:g} point" + ("" if small == 0.01 else "s")
-    if lo == hi:  # every seed gave the same difference: a t-interval of no width estimates nothing
+    # every seed gave the same difference (up to float rounding of the accuracies subtracted):
+    # a t-interval of no width estimates nothing
+    if math.isclose(lo, hi, rel_tol=1e-9, abs_tol=1e-12):
         why = "every seed gave the same difference, so the interval has no width"
         conclusion = f"undecided at {seeds} seeds"
     elif lo > 0:
@@ -68,14 +71,6 @@ def interval(d: Mapping[str, float], scale: float = 100.0, digits: int = 2) -> s
     if missing(d.get("low")) or missing(d.get("high")):
         return DASH
     return f"[{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]"
-
-
-def difference(d: Mapping[str, float], scale: float = 100.0, digits: int = 2, words: bool = True) -> str:
-    """A paired difference as prose: "+1.22 points, 95% interval [+1.00, +1.43]: a gain" (the
-    words of :func:`verdict`; ``words=False``: the numbers alone, for a sentence that words the
-    interval itself). ``scale``: 100 for fractions, 1 for a difference already in points."""
-    text = f"{scale * d['mean']:+.{digits}f} points, 95% interval {interval(d, scale, digits)}"
-    return f"{text}: {verdict(d, points=scale == 1)}" if words else text
 
 
 def _whole(values: Iterable[Any]) -> bool:

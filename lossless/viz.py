@@ -1,7 +1,7 @@
 """Every figure of the book (the only module that draws). Each function returns a Figure."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
@@ -328,11 +328,12 @@ def learning_curves(rows: list[dict]):
     return fig
 
 
-def differences(rows: list[dict]):
-    """Each strategy minus random, per round and for the area under the curve: every seed a dot,
-    the mean a bar with its paired 95% interval."""
-    panels = list(dict.fromkeys(r["at"] for r in rows))
-    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+def differences(comparisons: Mapping[tuple[str, str], Any]):
+    """Each strategy minus random, per round and for the area under the curve (``comparisons``:
+    :class:`lossless.comparison.Comparison` keyed by ``(strategy, where)``): every seed a dot,
+    the mean a bar with its paired 95% interval, in points."""
+    panels = list(dict.fromkeys(at for _, at in comparisons))
+    strategies = list(dict.fromkeys(s for s, _ in comparisons))
     cols = min(2, len(panels))                   # two panels a row: readable at the page's width
     rows_n = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.3 * rows_n), sharey=True, squeeze=False)
@@ -341,17 +342,18 @@ def differences(rows: list[dict]):
     rng = np.random.default_rng(0)
     for ax, at in zip(axes.flat, panels):
         for i, strategy in enumerate(strategies):
-            r = next(r for r in rows if r["at"] == at and r["strategy"] == strategy)
-            ax.scatter(i + rng.uniform(-0.15, 0.15, len(r["per_seed"])), r["per_seed"], s=9, alpha=0.5)
-            ax.errorbar(i, r["mean"], yerr=[[r["mean"] - r["low"]], [r["high"] - r["mean"]]], color="black",
-                        capsize=4, marker="_", ms=14, lw=1.2)
+            c = comparisons[(strategy, at)]
+            ax.scatter(i + rng.uniform(-0.15, 0.15, c.n), 100 * c.differences, s=9, alpha=0.5)
+            ax.errorbar(i, 100 * c.mean, yerr=[[100 * (c.mean - c.low)], [100 * (c.high - c.mean)]],
+                        color="black", capsize=4, marker="_", ms=14, lw=1.2)
         ax.axhline(0, color="gray", lw=0.8, ls=":")
         ax.set_xticks(range(len(strategies)))
         ax.set_xticklabels(strategies, rotation=45, ha="right", fontsize=8)
         ax.set_title(at, fontsize=9)
     for r in range(rows_n):
         axes[r, 0].set_ylabel("minus random (points)")
-    fig.suptitle(f"{max(r['seeds'] for r in rows)} seeds: a dot each; the mean with its 95% interval", fontsize=9)
+    seeds = max(c.n for c in comparisons.values())
+    fig.suptitle(f"{seeds} seeds: a dot each; the mean with its 95% interval", fontsize=9)
     fig.tight_layout()
     return fig
 

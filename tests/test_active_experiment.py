@@ -156,11 +156,13 @@ def test_the_experiment_on_smoke_resumes_and_keeps_its_books(tmp_path, smoke_bac
                 assert json.loads(str(side["header"]))["round"] == r
                 assert np.array_equal(np.sort(side["index"]), np.sort(acquired[(r - 1) * B:r * B]))
     # the paired differences are the per-seed differences of the stored accuracies
-    rows = ex.difference_rows(res)
-    m = [r for r in rows if r["strategy"] == "margin" and r["at"] == f"round {R}"][0]
+    m = ex.comparisons(res)[("margin", f"round {R}")]
     naive = [100 * (s["strategies"]["margin"]["rounds"][R]["test_accuracy"]
                     - s["strategies"]["random"]["rounds"][R]["test_accuracy"]) for s in res["seeds"]]
-    assert np.allclose(m["per_seed"], naive) and math.isclose(m["mean"], np.mean(naive))
+    assert np.allclose(100 * m.differences, naive) and math.isclose(100 * m.mean, np.mean(naive))
+    assert m.arms == ("margin", "random") and m.seeds == tuple(s["seed"] for s in res["seeds"])
+    row = [r for r in ex.difference_rows(res) if r["strategy"] == "margin" and r["at"] == f"round {R}"][0]
+    assert math.isclose(row["minus (points)"], np.mean(naive))
     # a stopped experiment resumes: a seed removed is computed again, identically
     run = tmp_path / "runs" / res["run"].split("/")[-1]
     first = json.loads((run / "seed-1.json").read_text())

@@ -212,7 +212,15 @@ def test_ensembles_experiment_stores_outputs_and_never_reads_test_labels_to_choo
             assert sum(x["count"] for x in ov["intersections"]) == ov["n"]
     assert [row["method"] for row in result["table1"]] == ["Barlow Twins", "BYOL", "SwAV"] + [
         ex.KIND_NAMES[k] for k in ex.KINDS]
-    assert len(ex.difference_rows(result)) == 4 and len(ex.bound_rows(result)) == 2
+    arms = [c.arms for c in ex.comparisons(result)]  # each against the best single, then the paper's
+    assert arms == [(k, ex.BEST) for k in ex.KINDS] + [("average", "barlow"), ("weighted", "barlow"),
+                                                        ("weighted", "average")]
+    avg = ex.comparison(result, "average", "barlow")
+    assert list(avg.a) == [r["ensembles"]["average"]["test_accuracy"] for r in result["seeds"]]
+    assert list(avg.b) == [r["single_test"]["barlow"] for r in result["seeds"]]
+    best = ex.comparison(result, "vote")
+    assert list(best.b) == [r["single_test"][r["best_single"]] for r in result["seeds"]]
+    assert len(ex.difference_rows(result)) == 7 and len(ex.bound_rows(result)) == 2
     flips = ex.flip_examples(cfg, result, seed=0, n=3)
     assert len(flips) == 2 and all(len(imgs) == len(titles) <= 3 for imgs, titles in flips.values())
 

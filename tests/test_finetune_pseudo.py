@@ -128,7 +128,8 @@ def test_paired_interval_against_hand_computation():
 
 
 def test_one_function_words_an_interval_against_zero_and_one_point():
-    from lossless.tables import difference, verdict
+    from lossless.comparison import Comparison
+    from lossless.tables import verdict
     d = lambda lo, hi: {"mean": (lo + hi) / 2, "low": lo, "high": hi, "n": 10}  # noqa: E731
     decide = lambda x, **kw: verdict(x, reason=True, **kw)  # noqa: E731
     assert decide(d(0.001, 0.02)).endswith("a gain")
@@ -143,13 +144,10 @@ def test_one_function_words_an_interval_against_zero_and_one_point():
     # two seeds with the same difference: the interval has no width, which decides nothing
     assert verdict({"mean": -0.02, "low": -0.02, "high": -0.02, "n": 2}) == "undecided at 2 seeds"
     assert verdict({"mean": 0.0, "low": 0.0, "high": 0.0, "n": 2}) == "undecided at 2 seeds"
-    # a difference already in points (active learning's) reads the same as its fraction
-    points = {"mean": 0.05, "low": -0.47, "high": 0.51, "seeds": 5}
-    assert verdict(points, points=True) == "any effect is below 1 point"
-    assert verdict({**points, "low": -2.0, "high": 3.0}, points=True) == "undecided at 5 seeds"
-    # the prose form carries the same words
-    assert difference(d(0.001, 0.02)) == "+1.05 points, 95% interval [+0.10, +2.00]: a gain"
-    assert difference(d(0.001, 0.02), words=False) == "+1.05 points, 95% interval [+0.10, +2.00]"
+    # the prose form of a comparison carries the same words
+    c = Comparison([0.81, 0.83, 0.82, 0.84], [0.80, 0.805, 0.81, 0.815])
+    assert c.words() == f"{c.number()} points, 95% interval {c.interval()}: {verdict(c.stats)}"
+    assert c.words(verdict=False) == f"{c.number()} points, 95% interval {c.interval()}"
 
 
 def test_records_round_trip_and_a_damaged_one_names_its_file(tmp_path, monkeypatch):
@@ -367,8 +365,9 @@ def test_throttled_classifier_checkpoints_resume_exactly(tmp_path, smoke_backbon
 
 
 def test_frozen_probes_are_stored_once_per_backbone_and_labelled_set(tmp_path, smoke_backbone, monkeypatch):
-    import importlib
-    cl = importlib.import_module("lossless.experiments.claims")  # the package exports a function of that name
+    from lossless.experiments import claims as cl
+    import lossless.experiments
+    assert cl is lossless.experiments.claims and callable(cl.claims)   # the module, not a function of its name
     cfg = smoke(tmp_path)
     path = Path(pretrain(cfg)["backbone"])
     first = cl.frozen_probes(cfg, path)
@@ -401,10 +400,9 @@ def test_a_backbone_is_probed_by_the_pixels_rule(tmp_path, smoke_backbone):
     """The features' probes choose k and C on validation from the pixels' grids, as the pixels'
     do (they had kept k = 20 and C = 1 while the pixels' were tuned): the reference recomputes
     every setting's validation accuracy from the frozen features with the plain functions."""
-    import importlib
     from lossless.pretrain import pretrain
     from lossless.probes import C_GRID, K_GRID, knn_accuracy, linear_probe_accuracy
-    cl = importlib.import_module("lossless.experiments.claims")
+    from lossless.experiments import claims as cl
     cfg = smoke(tmp_path)
     path = pretrain(cfg)["backbone"]
     split, features = cl.frozen_features(cfg, path)
@@ -423,10 +421,9 @@ def test_a_backbone_is_probed_by_the_pixels_rule(tmp_path, smoke_backbone):
 
 
 def test_pixel_baselines_choose_their_settings_on_validation(tmp_path, monkeypatch):
-    import importlib
     from lossless import data
     from lossless.probes import K_GRID
-    cl = importlib.import_module("lossless.experiments.claims")
+    from lossless.experiments import claims as cl
     cfg = smoke(tmp_path)
     split = data.load_split(cfg)
     got = cl.pixel_baselines(cfg)
@@ -457,8 +454,7 @@ def test_pixel_baselines_choose_their_settings_on_validation(tmp_path, monkeypat
 
 
 def test_claims_with_all_rules_and_controls(tmp_path, smoke_backbone):
-    import importlib
-    cl = importlib.import_module("lossless.experiments.claims")
+    from lossless.experiments import claims as cl
     cfg = smoke(tmp_path, pl_rounds="5,5")
     r = cl.claims(cfg, seeds=2, budgets=(10,), budget_seeds=1, all_rules=True, tune_supervised=False)
     assert list(r["summary"]) == list(cl.methods(True))
@@ -468,24 +464,29 @@ def test_claims_with_all_rules_and_controls(tmp_path, smoke_backbone):
         assert start["test_accuracy"] == s["supervised"]          # the control starts from the scratch model
         assert len(s["pseudo_gradual_rounds"]) == 1 + 2 * 3       # each round in pl_substeps smaller ones
         assert s["pseudo_global_rounds"][0]["test_accuracy"] == s["barlow_finetune"]
-    d = r["paired_differences"]
     gains = [(s["pseudo_global"] - s["barlow_finetune"]) - (s["supervised_pseudo_global"] - s["supervised"])
              for s in r["seeds"]]
-    assert d["parts_interact (gain on pretrained - gain on scratch)"]["mean"] == pytest.approx(np.mean(gains))
+    interact = cl.comparison(r, "gain on pretrained", "gain on scratch")
+    assert interact.mean == pytest.approx(np.mean(gains)) and interact.n == 2
     assert r["strongest_baseline"] == max(cl.BASELINES, key=lambda m: r["summary"][m]["mean"])
-    key = f"pretraining_helps (barlow_finetune - {r['strongest_baseline']})"
-    assert d[key]["mean"] == pytest.approx(np.mean([s["barlow_finetune"] - s[r["strongest_baseline"]]
+    strongest = cl.comparison(r, "barlow_finetune", r["strongest_baseline"])
+    assert strongest.mean == pytest.approx(np.mean([s["barlow_finetune"] - s[r["strongest_baseline"]]
                                                     for s in r["seeds"]]))
+    arms = [c.arms for c in cl.comparisons(r)]  # every claim, each once, in table order
+    assert arms[:2] == [("barlow_finetune", r["strongest_baseline"]), ("barlow_finetune", "supervised")] \
+        or (r["strongest_baseline"] == "supervised" and arms[0] == ("barlow_finetune", "supervised"))
+    assert ("gain on pretrained", "gain on scratch") in arms and len(set(arms)) == len(arms)
+    assert [rr["arms"] for rr in r["comparisons"]] == [list(a) for a in arms]   # stored for the JSON's reader
     rows = cl.difference_rows(r)
     assert all(not row["claim"].startswith(("pretraining_helps", "pseudo_labels", "extra_", "parts_")) for row in rows)
+    assert {row["seeds"] for row in rows} == {2}
 
 
 def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path, smoke_backbone):
     """The grid's choice is its best validation accuracy, and it is what every seed's supervised
     baseline (and the budget curve's) trains with; FixMatch runs on the first seeds only and is
     compared, paired, on those."""
-    import importlib
-    cl = importlib.import_module("lossless.experiments.claims")
+    from lossless.experiments import claims as cl
     cfg = smoke(tmp_path, pl_rounds="5", fm_epochs=1, fm_max_steps_per_epoch=2, fm_batch_size=8, fm_mu=2)
     grid = {"sup_lr_backbone": (0.01, 0.05), "ft_weight_decay": (1e-5, 5e-4)}
     g = cl.supervised_grid(cfg, grid)
@@ -518,9 +519,9 @@ def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path, smoke_ba
         assert ("fixmatch" in s) == (s["seed"] < 2)
     assert r["summary"]["fixmatch"]["n"] == 2 and "pseudo_balanced" not in r["summary"]
     assert r["strongest_baseline"] == max(cl.BASELINES + ("fixmatch",), key=lambda m: r["summary"][m]["mean"])
-    d = r["paired_differences"]["against_fixmatch (barlow_finetune - fixmatch)"]
-    assert d["n"] == 2
-    assert d["mean"] == pytest.approx(np.mean([s["barlow_finetune"] - s["fixmatch"] for s in r["seeds"][:2]]))
+    d = cl.comparison(r, "barlow_finetune", "fixmatch")   # paired on FixMatch's seeds only
+    assert d.n == 2 and d.seeds == (0, 1)
+    assert d.mean == pytest.approx(np.mean([s["barlow_finetune"] - s["fixmatch"] for s in r["seeds"][:2]]))
     with pytest.raises(config.ConfigError, match="fixmatch_seeds"):
         cl.claims(cfg, seeds=2, fixmatch_seeds=3)
 

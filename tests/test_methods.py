@@ -346,9 +346,10 @@ def test_the_backbone_study_pilots_every_recipe_then_pairs_the_finalist(tmp_path
     for name, rs in r["runs"].items():
         for m in ("linear_val", "knn_test"):
             assert r["summary"][name][m]["mean"] == pytest.approx(np.mean([x[m] for x in rs]))
-            d = r["summary"][name]["minus_reference"][m]
-            assert d["mean"] == pytest.approx(np.mean([a[m] - b[m] for a, b in zip(rs, r["runs"]["base"])]))
-            assert d["n"] == len(rs)
+            d = sc.comparison(r, name, m)
+            assert d.mean == pytest.approx(np.mean([a[m] - b[m] for a, b in zip(rs, r["runs"]["base"])]))
+            assert d.n == len(rs) and d.seeds == tuple(x["seed"] for x in rs)
+            assert r["summary"][name]["minus_reference"][m]["mean"] == pytest.approx(d.mean)  # the JSON's copy
     assert r["runs"]["base"][0]["run"] != r["runs"][winner][0]["run"] != r["runs"][winner][1]["run"]
     assert r["best_by_validation"] == max(("base", winner), key=lambda n: r["summary"][n]["linear_val"]["mean"])
     shown = {row["recipe"]: row for row in sc.rows(r)}
@@ -374,15 +375,18 @@ def test_a_recipe_is_adopted_for_a_gain_on_one_validation_probe_and_a_loss_on_ne
     one probe alone judges (``knn-loss`` would pass) or a pilot-only recipe counts."""
     from lossless.experiments import screen as sc
 
-    def d(mean, half):
-        return {"mean": mean, "low": mean - half, "high": mean + half, "n": 3, "confidence": 0.95}
-    diffs = {"profile": (d(0, 0), d(0, 0), 3), "both": (d(0.02, 0.01), d(0.03, 0.01), 3),
-             "knn-only": (d(-0.005, 0.01), d(0.03, 0.01), 3), "knn-loss": (d(0.03, 0.01), d(-0.02, 0.01), 3),
-             "pilot": (d(0.05, 0.01), d(0.05, 0.01), 1), "nothing": (d(0.01, 0.02), d(0.0, 0.02), 3)}
+    base = [0.70, 0.72, 0.74]        # the reference's probes on seeds 0-2; recipes add these per seed
+    diffs = {"profile": ([0, 0, 0], [0, 0, 0]),
+             "both": ([0.02, 0.025, 0.015], [0.03, 0.035, 0.025]),                 # gains on both
+             "knn-only": ([-0.01, 0.01, -0.015], [0.03, 0.04, 0.02]),              # linear undecided
+             "knn-loss": ([0.03, 0.035, 0.025], [-0.02, -0.025, -0.015]),          # a loss on k-NN
+             "pilot": ([0.05], [0.05]),                                            # one seed only
+             "nothing": ([0.01, -0.01, 0.03], [0.0, 0.02, -0.02])}
     result = {"reference": "profile", "seeds": 3, "base": {"crop_scale_min": 0.2},
               "recipes": {n: {"what": n, "overrides": {}} for n in diffs},
-              "summary": {n: {"seeds": k, "minus_reference": {"linear_val": lin, "knn_val": knn}}
-                          for n, (lin, knn, k) in diffs.items()}}
+              "runs": {n: [{"seed": s, "linear_val": base[s] + dl, "knn_val": base[s] + dk}
+                           for s, (dl, dk) in enumerate(zip(lin, knn))] for n, (lin, knn) in diffs.items()},
+              "summary": {n: {"seeds": len(lin)} for n, (lin, knn) in diffs.items()}}
     assert sc.adoptable(result) == ["both", "knn-only"]
     result["recipes"]["knn-only"]["overrides"] = {"crop_scale_min": 0.5}
     assert sc.taken(result, config.load_profile("smoke", crop_scale_min=0.5)) == "knn-only"
@@ -403,14 +407,16 @@ def test_architecture_comparisons_pair_seeds_against_the_reference():
         "resnet10": {"network": "R10", "seeds": [seed(0, .75, .74, [.68, .66, .65]),
                                                  seed(2, .74, .72, [.66, .65, .64])]}}}
     c = ar.comparisons(rec)
-    assert "finetune_minus_reference" not in c["resnet18"]
-    d = c["resnet10"]["finetune_minus_reference"]
-    assert d["n"] == 2 and d["mean"] == pytest.approx(((.75 - .80) + (.74 - .78)) / 2)
-    assert c["resnet10"]["pseudo_minus_reference"]["mean"] == pytest.approx(((.74 - .81) + (.72 - .80)) / 2)
+    assert "finetune" not in c["resnet18"]                   # the reference has no difference from itself
+    d = c["resnet10"]["finetune"]
+    assert d.n == 2 and d.seeds == (0, 2) and d.mean == pytest.approx(((.75 - .80) + (.74 - .78)) / 2)
+    assert c["resnet10"]["pseudo"].mean == pytest.approx(((.74 - .81) + (.72 - .80)) / 2)
     t = c["resnet18"]["rounds_total"]
-    assert t["n"] == 3 and t["mean"] == pytest.approx(((.72 - .70) + (.73 - .72) + (.70 - .69)) / 3)
-    assert c["resnet10"]["rounds_total"]["mean"] == pytest.approx(((.65 - .68) + (.64 - .66)) / 2)
-    assert ar.comparisons(rec, "resnet10")["resnet18"]["finetune_minus_reference"]["mean"] == pytest.approx(-d["mean"])
+    assert t.n == 3 and t.mean == pytest.approx(((.72 - .70) + (.73 - .72) + (.70 - .69)) / 3)
+    assert c["resnet10"]["rounds_total"].mean == pytest.approx(((.65 - .68) + (.64 - .66)) / 2)
+    assert ar.comparisons(rec, "resnet10")["resnet18"]["finetune"].mean == pytest.approx(-d.mean)
+    step = ar.round_change(rec["networks"]["resnet10"], 2)      # round 2 minus round 1, by seed
+    assert list(step.differences) == pytest.approx([.65 - .66, .64 - .65])
     rows = ar.comparison_rows(rec)
     assert [r["network"] for r in rows] == ["R18", "R10"] and rows[1]["fine-tuned minus the first network (points)"].startswith("-4.50")
     with pytest.raises(KeyError, match="vgg16"):

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from .. import active, runs
 from .. import config as config_mod
 from ..errors import ConfigError
-from ..evaluate import Scores, mean_interval, paired_difference, score
-from ..tables import interval, verdict
+from ..comparison import Comparison
+from ..evaluate import Scores, mean_interval, score
 from ..features import frozen_features
 from ..finetune import cosine, finetune, std_floor
 from ..models import ClassifierHead
@@ -267,24 +267,33 @@ def area(acc: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     return np.trapezoid(acc, x, axis=1) / (x[-1] - x[0])
 
 
+AREA = "area under the curve"
+
+
+def comparison(result: Mapping[str, Any], strategy: str, at: int | str = AREA) -> Comparison:
+    """``strategy`` minus random on the same seeds: test accuracy after round ``at`` (an
+    integer) or the normalised area under the learning curve (:data:`AREA`)."""
+    a, b = accuracies(result, strategy), accuracies(result, "random")
+    if at == AREA:
+        a, b, where = area(a, labels_axis(result)), area(b, labels_axis(result)), AREA
+    else:
+        a, b, where = a[:, at], b[:, at], f"round {at}"
+    return Comparison(a=a, b=b, seeds=[s["seed"] for s in result["seeds"]], arms=(strategy, "random"),
+                      what=f"{strategy} minus random", measure=where)
+
+
+def comparisons(result: Mapping[str, Any]) -> dict[tuple[str, str], Comparison]:
+    """Each strategy minus random, per round and for the area under the curve, keyed by
+    ``(strategy, "round r" or AREA)``."""
+    rounds = len(labels_axis(result)) - 1
+    return {(strategy, f"round {r}" if r != AREA else AREA): comparison(result, strategy, r)
+            for strategy in result["strategies"] if strategy != "random"
+            for r in [*range(1, rounds + 1), AREA]}
+
+
 def difference_rows(result: Mapping[str, Any]) -> list[dict]:
-    """Each strategy minus random, in points, seed by seed: per round and for the area under the
-    curve, the mean with a paired 95% interval and the seeds above / below random."""
-    base = accuracies(result, "random")
-    labels = labels_axis(result)
-    rows = []
-    for strategy in result["strategies"]:
-        if strategy == "random":
-            continue
-        acc = accuracies(result, strategy)
-        cols = [(f"round {r}", acc[:, r], base[:, r]) for r in range(1, acc.shape[1])]
-        cols.append(("area under the curve", area(acc, labels), area(base, labels)))
-        for name, a, b in cols:
-            d = paired_difference(a, b)
-            rows.append({"strategy": strategy, "at": name, "mean": 100 * d["mean"], "low": 100 * d["low"],
-                         "high": 100 * d["high"], "above random": int(np.sum(a > b)), "below random": int(np.sum(a < b)),
-                         "seeds": d["n"], "per_seed": (100 * (np.asarray(a) - np.asarray(b))).tolist()})
-    return rows
+    """:func:`comparisons` as table rows: the strategy, where, then the renderer's columns."""
+    return [c.row({"strategy": strategy, "at": at}) for (strategy, at), c in comparisons(result).items()]
 
 
 def area_rows(result: Mapping[str, Any]) -> list[dict]:
@@ -340,17 +349,8 @@ def curve_table(curve: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -
             for s in strategies]
 
 
-def difference_table(diffs: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """``difference_rows`` as a table: points, the interval and its verdict, seeds either side."""
-    return [{"strategy": r["strategy"], "at": r["at"], "minus random (points)": r["mean"],
-             "95% interval": interval(r, scale=1.0),
-             "verdict": verdict(r, points=True),
-             "seeds above": r["above random"], "seeds below": r["below random"], "seeds": r["seeds"]}
-            for r in diffs]
-
-
-def verdict_values(diffs: Sequence[Mapping[str, Any]], rounds: int) -> dict[str, str]:
-    """The words and numbers the chapter's prose quotes about ``difference_rows``, keyed by glue
+def verdict_values(result: Mapping[str, Any]) -> dict[str, str]:
+    """The words and numbers the chapter's prose quotes about :func:`comparisons`, keyed by glue
     name: for every strategy (``not run`` where it was left out) the last round's and the area's
     mean difference, interval and verdict, and which strategy has the best area."""
     values: dict[str, str] = {}
@@ -358,20 +358,22 @@ def verdict_values(diffs: Sequence[Mapping[str, Any]], rounds: int) -> dict[str,
         key = name.replace("-", "_")
         values.update({f"al_final_{key}{end}": "not run" for end in ("", "_ci", "_above", "_verdict")})
         values.update({f"al_auc_{key}{end}": "not run" for end in ("", "_ci", "_verdict")})
-    for r in diffs:
-        key = r["strategy"].replace("-", "_")
-        for at, prefix in ((f"round {rounds}", "al_final"), ("area under the curve", "al_auc")):
-            if r["at"] == at:
-                values.update({f"{prefix}_{key}": f"{r['mean']:+.2f}",
-                               f"{prefix}_{key}_ci": interval(r, scale=1.0),
-                               f"{prefix}_{key}_verdict": verdict(r, points=True)})
+    comps = comparisons(result)
+    rounds = len(labels_axis(result)) - 1
+    for (strategy, at), c in comps.items():
+        key = strategy.replace("-", "_")
+        for where, prefix in ((f"round {rounds}", "al_final"), (AREA, "al_auc")):
+            if at == where:
+                values.update({f"{prefix}_{key}": c.number(), f"{prefix}_{key}_ci": c.interval(),
+                               f"{prefix}_{key}_verdict": c.verdict()})
                 if prefix == "al_final":
-                    values[f"al_final_{key}_above"] = f"{r['above random']} of {r['seeds']}"
-    areas = [r for r in diffs if r["at"] == "area under the curve"]
+                    values[f"al_final_{key}_above"] = c.wins()
+    areas = {s: c for (s, at), c in comps.items() if at == AREA}
     if areas:
-        best = max(areas, key=lambda r: r["mean"])
-        values.update(al_best_auc=best["strategy"], al_best_auc_verdict=verdict(best, points=True))
-    values["al_ci_width"] = f"{np.median([r['high'] - r['low'] for r in diffs]):.2f}" if diffs else "not run"
+        best = max(areas, key=lambda s: areas[s].mean)
+        values.update(al_best_auc=best, al_best_auc_verdict=areas[best].verdict())
+    widths = [100 * (c.high - c.low) for c in comps.values()]
+    values["al_ci_width"] = f"{np.median(widths):.2f}" if widths else "not run"
     return values
 
 

@@ -30,7 +30,8 @@ import torch
 from .. import config as config_mod
 from .. import runs
 from ..engine import resolve_device, resolve_precision
-from ..evaluate import forgetting, mean_interval, mean_std, paired_difference, score
+from ..comparison import Comparison
+from ..evaluate import forgetting, mean_interval, mean_std, score
 from ..finetune import finetune, load_classifier
 from ..pretrain import backbone_for, load_data, pretrain
 from ..pseudo import pseudo_label
@@ -133,10 +134,8 @@ def summarise(per_seed: list[dict]) -> dict:
     out = {m: mean_std([r[m] for r in per_seed]) for m in ("knn_probe", "linear_probe", "finetune", "pseudo")}
     rounds = []
     for k in range(1, len(per_seed[0]["rounds"])):
-        before = [r["rounds"][k - 1]["val"] for r in per_seed]
-        after = [r["rounds"][k]["val"] for r in per_seed]
         f = [r["forgetting"][k - 1] for r in per_seed]
-        rounds.append({"round": k, "val_change": paired_difference(after, before),
+        rounds.append({"round": k, "val_change": round_change({"seeds": per_seed}, k).stats,
                        "forgotten": mean_interval([x["forgotten"] for x in f]),
                        "learned": mean_interval([x["learned"] for x in f])})
     out["rounds"] = rounds
@@ -162,44 +161,68 @@ def _by_seed(net: Mapping[str, Any]) -> dict[int, dict]:
     return {r["seed"]: r for r in net["seeds"]}
 
 
-def comparisons(result: Mapping[str, Any], reference: str | None = None) -> dict[str, dict]:
-    """Per network, paired over the seeds it shares with ``reference`` (default: the first
-    network, the profile's own): its fine-tuned and after-the-rounds test accuracy minus the
-    reference's ("comparable", "capped at lower accuracy"), and over all its rounds the change
-    of its own validation accuracy, last round minus the fine-tuned start ("a drop in the
-    accuracy on the validation set" in every round adds up here)."""
+def _round_name(i: int) -> str:
+    return "the fine-tuned start" if i == 0 else "the last round" if i == -1 else f"round {i}"
+
+
+def round_change(net: Mapping[str, Any], k: int, start: int | None = None) -> Comparison:
+    """One network's validation accuracy after round ``k`` (-1: the last) minus after round
+    ``start`` (default ``k - 1``; round 0 is the fine-tuned start), paired over its seeds."""
+    start = k - 1 if start is None else start
+    return Comparison(a=[r["rounds"][k]["val"] for r in net["seeds"]],
+                      b=[r["rounds"][start]["val"] for r in net["seeds"]], seeds=[r["seed"] for r in net["seeds"]],
+                      arms=(_round_name(k), _round_name(start)), measure="validation accuracy",
+                      what=f"{net.get('network', '')}: {_round_name(k)} minus {_round_name(start)}")
+
+
+def comparison(result: Mapping[str, Any], key: str, measure: str = "finetune", reference: str | None = None
+               ) -> Comparison:
+    """Network ``key`` minus ``reference`` (default: the first network, the profile's own) on
+    test accuracy after fine-tuning (``measure="finetune"``) or after the rounds (``"pseudo"``),
+    paired over the seeds both ran."""
+    nets = result["networks"]
+    ref_key = reference or next(iter(nets))
+    for k in (key, ref_key):
+        if k not in nets:
+            raise KeyError(f"network {k!r} is not among the networks {list(nets)}")
+    mine, ref = _by_seed(nets[key]), _by_seed(nets[ref_key])
+    shared = sorted(set(mine) & set(ref))
+    return Comparison(a=[mine[s][measure] for s in shared], b=[ref[s][measure] for s in shared], seeds=shared,
+                      arms=(key, ref_key), what=f"{nets[key]['network']} minus {nets[ref_key]['network']}",
+                      measure={"finetune": "fine-tuned", "pseudo": "after the rounds"}.get(measure, measure))
+
+
+def comparisons(result: Mapping[str, Any], reference: str | None = None) -> dict[str, dict[str, Comparison]]:
+    """Per network: its fine-tuned and after-the-rounds test accuracy minus the reference's
+    (``"finetune"``, ``"pseudo"``: "comparable", "capped at lower accuracy"; absent for the
+    reference itself), and ``"rounds_total"``, its own validation accuracy over all its rounds,
+    last round minus the fine-tuned start ("a drop in the accuracy on the validation set" in
+    every round adds up here)."""
     nets = result["networks"]
     ref_key = reference or next(iter(nets))
     if ref_key not in nets:
         raise KeyError(f"reference {ref_key!r} is not among the networks {list(nets)}")
-    ref = _by_seed(nets[ref_key])
     out = {}
     for key, n in nets.items():
-        mine = _by_seed(n)
-        shared = sorted(set(mine) & set(ref))
-        row = {"network": n["network"], "rounds_total": paired_difference(
-            [mine[s]["rounds"][-1]["val"] for s in mine], [mine[s]["rounds"][0]["val"] for s in mine])}
+        row = {"rounds_total": round_change(n, -1, 0)}
         if key != ref_key:
-            for m in ("finetune", "pseudo"):
-                row[f"{m}_minus_reference"] = paired_difference([mine[s][m] for s in shared],
-                                                                [ref[s][m] for s in shared])
+            row.update({m: comparison(result, key, m, ref_key) for m in ("finetune", "pseudo")})
         out[key] = row
     return out
 
 
 def comparison_rows(result: Mapping[str, Any], reference: str | None = None) -> list[dict]:
     """``comparisons`` as table rows: points with 95% intervals."""
-    from ..tables import interval, verdict
     rows_ = []
-    for c in comparisons(result, reference).values():
-        cell = {"network": c["network"]}
+    for key, c in comparisons(result, reference).items():
+        cell = {"network": result["networks"][key]["network"]}
         for m, name in (("finetune", "fine-tuned"), ("pseudo", "after the rounds")):
-            d = c.get(f"{m}_minus_reference")
+            d = c.get(m)
             cell[f"{name} minus the first network (points)"] = (
-                f"{100 * d['mean']:+.2f} {interval(d)}" if d else "(the reference)")
+                f"{d.number()} {d.interval()}" if d else "(the reference)")
         t = c["rounds_total"]
-        cell["validation, last round minus start (points)"] = f"{100 * t['mean']:+.2f} {interval(t)}"
-        cell["the rounds, in all"] = verdict(t)
+        cell["validation, last round minus start (points)"] = f"{t.number()} {t.interval()}"
+        cell["the rounds, in all"] = t.verdict()
         rows_.append(cell)
     return rows_
 
@@ -207,14 +230,14 @@ def comparison_rows(result: Mapping[str, Any], reference: str | None = None) -> 
 def round_rows(result: Mapping[str, Any]) -> list[dict]:
     """Per network and round: the change of validation accuracy (points, paired 95% interval) and
     how many validation images the round forgot and learned (mean [95% interval] over seeds)."""
-    from ..tables import interval, verdict
+    from ..tables import interval
     out = []
     for key, n in result["networks"].items():
         for r in n["summary"]["rounds"]:
-            d, f, g = r["val_change"], r["forgotten"], r["learned"]
+            d, f, g = round_change(n, r["round"]), r["forgotten"], r["learned"]
             out.append({"network": n["network"], "round": r["round"],
-                        "validation change (points)": f"{100 * d['mean']:+.2f} {interval(d)}",
-                        "verdict": verdict(d),
+                        "validation change (points)": f"{d.number()} {d.interval()}",
+                        "verdict": d.verdict(),
                         "forgotten": f"{f['mean']:.1f} {interval(f, scale=1, digits=1)}",
                         "learned": f"{g['mean']:.1f} {interval(g, scale=1, digits=1)}"})
     return out

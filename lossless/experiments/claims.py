@@ -29,13 +29,14 @@ from .. import config as config_mod
 from .. import runs
 from ..augment import Augmenter
 from ..engine import resolve_device, resolve_precision
-from ..evaluate import mean_std, paired_difference
+from ..comparison import Comparison, rows
+from ..evaluate import mean_std
 from ..finetune import finetune, load_backbone
 from ..fixmatch import fixmatch
 from ..pretrain import backbone_for, load_data, pretrain, split_features, split_probes
 from ..probes import C_GRID, K_GRID, embed, linear_probe_accuracy, pixel_probes
 from ..pseudo import pseudo_label
-from ..tables import interval, pm, verdict
+from ..tables import pm
 
 METHODS = ("pixel_knn", "pixel_linear", "supervised", "knn_probe", "linear_probe", "barlow_finetune",
            "pseudo_global")
@@ -194,12 +195,6 @@ def methods(all_rules: bool, fixmatch: bool = False) -> tuple[str, ...]:
     return METHODS + ("pseudo_none",) + extra + (("fixmatch",) if fixmatch else ())
 
 
-def paired(per_seed: list[dict], a: str, b: str) -> dict:
-    """``a - b`` paired over the seeds that ran both (FixMatch runs on the first few)."""
-    both = [r for r in per_seed if a in r and b in r]
-    return paired_difference([r[a] for r in both], [r[b] for r in both])
-
-
 def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (10, 32, 100),
            budget_seeds: int = 3, all_rules: bool = False, fixmatch_seeds: int = 0,
            tune_supervised: bool | Mapping[str, Any] = True) -> dict:
@@ -245,23 +240,6 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
     best_rule = max(rules, key=lambda m: summary[m]["mean"])
     # the strongest baseline by mean, FixMatch included where it ran (then paired on its seeds)
     strongest = max([m for m in BASELINES + ("fixmatch",) if m in summary], key=lambda m: summary[m]["mean"])
-    diffs = {
-        f"pretraining_helps (barlow_finetune - {strongest})": paired(per_seed, "barlow_finetune", strongest),
-        "pretraining_helps (barlow_finetune - supervised)": paired(per_seed, "barlow_finetune", "supervised"),
-        **{f"pseudo_labels_help ({m} - barlow_finetune)": paired(per_seed, m, "barlow_finetune") for m in rules},
-    }
-    if fixmatch_seeds:  # on the seeds FixMatch ran: the paper's pipeline against it, each part and whole
-        diffs["against_fixmatch (barlow_finetune - fixmatch)"] = paired(per_seed, "barlow_finetune", "fixmatch")
-        diffs[f"against_fixmatch ({best_rule} - fixmatch)"] = paired(per_seed, best_rule, "fixmatch")
-    diffs["extra_training_alone (pseudo_none - barlow_finetune)"] = paired(per_seed, "pseudo_none", "barlow_finetune")
-    diffs["pseudo_labels_not_training (pseudo_global - pseudo_none)"] = paired(per_seed, "pseudo_global", "pseudo_none")
-    if all_rules:
-        diffs["pseudo_labels_on_scratch (supervised_pseudo_global - supervised)"] = paired(
-            per_seed, "supervised_pseudo_global", "supervised")
-        # the paper's "greater than the sum of its parts": is the rounds' gain larger on the pretrained model?
-        diffs["parts_interact (gain on pretrained - gain on scratch)"] = paired_difference(
-            [r["pseudo_global"] - r["barlow_finetune"] for r in per_seed],
-            [r["supervised_pseudo_global"] - r["supervised"] for r in per_seed])
     curve = []
     for k in budgets:
         for s in range(budget_seeds):
@@ -272,9 +250,10 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
                           "barlow_finetune": finetune(c, "barlow", backbone_path)["test_accuracy"]})
     result = {"pretraining": {k: base.get(k) for k in ("run", "knn_test", "linear_probe_test", "train_seconds")},
               "seeds": per_seed, "summary": summary, "best_pseudo_rule": best_rule,
-              "strongest_baseline": strongest, "paired_differences": diffs, "all_rules": all_rules,
+              "strongest_baseline": strongest, "all_rules": all_rules,
               "label_budget": curve, "supervised_grid": grid, "supervised_grid_recorded": recorded,
               "fixmatch_seeds": fixmatch_seeds}
+    result["comparisons"] = [c.to_dict() for c in comparisons(result)]  # for a reader of the JSON
     out = runs.run_dir(cfg, "claims", {"cfg": {k: v for k, v in cfg.items() if k not in ("progress",)},
                                        "seeds": seeds, "budgets": list(budgets), "budget_seeds": budget_seeds,
                                        **({"all_rules": True} if all_rules else {}),
@@ -285,6 +264,43 @@ def claims(cfg: Mapping[str, Any], seeds: int = 5, budgets: tuple[int, ...] = (1
     runs.write_json(out / "result.json", result)
     result["written_to"] = str(out / "result.json")
     return result
+
+
+def comparison(result: Mapping[str, Any], a: str, b: str) -> Comparison:
+    """Method ``a`` minus method ``b`` on test accuracy, paired over the seeds of ``result``
+    (a run or a record) that ran both (FixMatch runs on the first few). ``a`` may be
+    ``"gain on pretrained"`` and ``b`` ``"gain on scratch"``: the global rule's rounds' gain on
+    the fine-tuned classifier against their gain on the supervised-only one."""
+    return Comparison.paired(result["seeds"], a, b, what=CLAIMS.get((a, b), f"{_label(a)} minus {_label(b)}"),
+                             value=_value)
+
+
+def _value(r: Mapping[str, Any], arm: str) -> float:
+    if arm in DERIVED:
+        x, y = DERIVED[arm]
+        return r[x] - r[y]
+    return r[arm]
+
+
+def _label(arm: str) -> str:
+    return LABELS.get(arm, arm)
+
+
+def comparisons(result: Mapping[str, Any]) -> list[Comparison]:
+    """The claims a run tests, in table order: pretraining against the strongest baseline and
+    against supervised only; each pseudo-label rule against its fine-tuned start; the pipeline
+    against FixMatch (where it ran); the control and the labels' own share; with all rules, the
+    rounds on the supervised-only classifier and whether the parts interact."""
+    S, per_seed = result["summary"], result["seeds"]
+    rules = [m for m in S if m.startswith("pseudo_") and m != "pseudo_none"]
+    pairs = [("barlow_finetune", result["strongest_baseline"]), ("barlow_finetune", "supervised")]
+    pairs += [(m, "barlow_finetune") for m in rules]
+    if any("fixmatch" in r for r in per_seed):
+        pairs += [("barlow_finetune", "fixmatch"), (result["best_pseudo_rule"], "fixmatch")]
+    pairs += [("pseudo_none", "barlow_finetune"), ("pseudo_global", "pseudo_none")]
+    if all("supervised_pseudo_global" in r for r in per_seed):
+        pairs += [("supervised_pseudo_global", "supervised"), ("gain on pretrained", "gain on scratch")]
+    return [comparison(result, a, b) for a, b in dict.fromkeys(pairs)]
 
 
 def book_run(cfg: Mapping[str, Any], seeds: int, budget_seeds: int, supervised_grid: str, all_rules: bool = False,
@@ -323,29 +339,32 @@ LABELS = {"pixel_knn": "raw pixels, k-NN (k chosen on validation)",
           "pseudo_none": "control: the rounds' training without pseudo-labels",
           "supervised_pseudo_global": "control: supervised only + pseudo-labels (global)",
           "fixmatch": "FixMatch (random init, labelled + unlabelled images)"}
-CLAIMS = {"pretraining_helps (barlow_finetune - supervised)": "pretraining: Barlow Twins + fine-tune minus supervised only",
-          "pretraining_helps (barlow_finetune - pixel_linear)":
-              "pretraining: Barlow Twins + fine-tune minus logistic regression on pixels (the strongest baseline)",
-          "pretraining_helps (barlow_finetune - pixel_knn)":
-              "pretraining: Barlow Twins + fine-tune minus k-NN on pixels (the strongest baseline)",
-          "pretraining_helps (barlow_finetune - fixmatch)":
-              "pretraining: Barlow Twins + fine-tune minus FixMatch (the strongest baseline, on its seeds)",
-          "pseudo_labels_help (pseudo_global - barlow_finetune)": "pseudo-labels, global rule, minus fine-tuned start",
-          "pseudo_labels_help (pseudo_balanced - barlow_finetune)": "pseudo-labels, class-balanced rule, minus fine-tuned start",
-          "pseudo_labels_help (pseudo_threshold - barlow_finetune)":
+# the readers' words for a comparison of two methods (arms); others read "<label a> minus <label b>"
+CLAIMS = {("barlow_finetune", "supervised"): "pretraining: Barlow Twins + fine-tune minus supervised only",
+          ("barlow_finetune", "pixel_linear"):
+              "pretraining: Barlow Twins + fine-tune minus logistic regression on pixels",
+          ("barlow_finetune", "pixel_knn"): "pretraining: Barlow Twins + fine-tune minus k-NN on pixels",
+          ("barlow_finetune", "fixmatch"): "Barlow Twins + fine-tune minus FixMatch (on its seeds)",
+          ("barlow_finetune", "linear_probe"): "Barlow Twins + fine-tune minus a linear probe on frozen features",
+          ("pseudo_global", "barlow_finetune"): "pseudo-labels, global rule, minus fine-tuned start",
+          ("pseudo_balanced", "barlow_finetune"): "pseudo-labels, class-balanced rule, minus fine-tuned start",
+          ("pseudo_threshold", "barlow_finetune"):
               "pseudo-labels, threshold rule with a per-class cap, minus fine-tuned start",
-          "pseudo_labels_help (pseudo_gradual - barlow_finetune)":
-              "pseudo-labels, global rule in smaller rounds, minus fine-tuned start",
-          "extra_training_alone (pseudo_none - barlow_finetune)":
-              "control: the rounds' training without pseudo-labels, minus fine-tuned start",
-          "pseudo_labels_not_training (pseudo_global - pseudo_none)":
-              "pseudo-labels (global) minus the same training without them",
-          "pseudo_labels_on_scratch (supervised_pseudo_global - supervised)":
+          ("pseudo_gradual", "barlow_finetune"): "pseudo-labels, global rule in smaller rounds, minus fine-tuned start",
+          ("pseudo_gradual", "pseudo_none"): "pseudo-labels, global rule in smaller rounds, minus the control",
+          ("pseudo_none", "barlow_finetune"): "control: the rounds' training without pseudo-labels, minus fine-tuned start",
+          ("pseudo_global", "pseudo_none"): "pseudo-labels (global) minus the same training without them",
+          ("supervised_pseudo_global", "supervised"):
               "pseudo-labels (global) on the supervised-only classifier, minus that classifier",
-          "against_fixmatch (barlow_finetune - fixmatch)": "Barlow Twins + fine-tune minus FixMatch",
-          "against_fixmatch (pseudo_global - fixmatch)": "Barlow Twins + fine-tune + pseudo-labels (global) minus FixMatch",
-          "parts_interact (gain on pretrained - gain on scratch)":
+          ("pseudo_global", "fixmatch"): "Barlow Twins + fine-tune + pseudo-labels (global) minus FixMatch",
+          ("pseudo_balanced", "fixmatch"): "Barlow Twins + fine-tune + pseudo-labels (balanced) minus FixMatch",
+          ("pseudo_threshold", "fixmatch"): "Barlow Twins + fine-tune + pseudo-labels (threshold) minus FixMatch",
+          ("pseudo_gradual", "fixmatch"): "Barlow Twins + fine-tune + pseudo-labels (gradual) minus FixMatch",
+          ("gain on pretrained", "gain on scratch"):
               "the rounds' gain on the pretrained classifier minus their gain on the supervised-only one"}
+# arms computed from two others, per seed: the global rule's rounds' gain on either start
+DERIVED = {"gain on pretrained": ("pseudo_global", "barlow_finetune"),
+           "gain on scratch": ("supervised_pseudo_global", "supervised")}
 
 
 def summary_rows(result: Mapping[str, Any]) -> list[dict]:
@@ -358,12 +377,8 @@ def summary_rows(result: Mapping[str, Any]) -> list[dict]:
 
 
 def difference_rows(result: Mapping[str, Any]) -> list[dict]:
-    """The paired differences (percentage points) with their 95% intervals and what they say."""
-    rows = []
-    for name, d in result["paired_differences"].items():
-        rows.append({"claim": CLAIMS.get(name, name), "mean difference (points)": 100 * d["mean"],
-                     "95% interval (points)": interval(d), "verdict": verdict(d), "seeds": d["n"]})
-    return rows
+    """:func:`comparisons` as table rows (points, the interval, the verdict, seeds above)."""
+    return rows(comparisons(result), lambda c: {"claim": c.what})
 
 
 def _by_budget(result: Mapping[str, Any]) -> list[tuple[int, dict]]:

@@ -24,9 +24,10 @@ from .. import config as config_mod
 from .. import runs
 from .. import ensemble as ens
 from ..errors import LosslessError
-from ..evaluate import mean_std, paired_difference
+from ..comparison import Comparison, rows
+from ..evaluate import mean_std
 from ..pretrain import load_data
-from ..tables import interval, pm, verdict
+from ..tables import pm
 from . import table1 as t1
 
 KINDS = ("average", "weighted", "paper", "vote")
@@ -118,13 +119,11 @@ def ensembles(cfg: Mapping[str, Any], seeds: int = 5) -> dict:
     kinds = [k for k in KINDS if all(k in r["ensembles"] for r in per_seed)]
     summary = {k: mean_std([r["ensembles"][k]["test_accuracy"] for r in per_seed]) for k in kinds}
     summary.update({f"single:{k}": mean_std([r["single_test"][k] for r in per_seed]) for k in wanted})
-    best_single = [r["single_test"][r["best_single"]] for r in per_seed]
-    diffs = {k: paired_difference([r["ensembles"][k]["test_accuracy"] for r in per_seed], best_single)
-             for k in kinds}
     network = " + ".join(dict.fromkeys(compared["runs"][k]["network"] for k in wanted))
     result = {"models": wanted, "names": {k: names[k] for k in wanted}, "reference": reference,
             "epochs": compared["epochs"], "step": cfg["ensemble_step"], "seeds": per_seed,
-            "summary": summary, "minus_best_single": diffs, "kinds": kinds}
+            "summary": summary, "kinds": kinds}
+    result["minus_best_single"] = {k: comparison(result, k).to_dict() for k in kinds}  # for the JSON's reader
     # Table 1 complete: section 4's single runs, then these ensembles in the same columns
     result["table1"] = t1.table1(compared, extra=table1_rows(result, network))
     return result
@@ -152,11 +151,47 @@ def _weights_text(per_seed: list, models: list, names: Mapping[str, str]) -> str
     return ", ".join(f"{names[m]} {x:.2f}" for m, x in zip(models, mean)) + spread
 
 
+BEST = "best single"  # the arm: each seed's best single model, chosen on validation
+
+
+def _test(result: Mapping[str, Any], r: Mapping[str, Any], arm: str) -> float:
+    if arm in r["ensembles"]:
+        return r["ensembles"][arm]["test_accuracy"]
+    return r["single_test"][r["best_single"] if arm == BEST else arm]
+
+
+def _name(result: Mapping[str, Any], arm: str) -> str:
+    if arm == BEST:
+        return "the best single model (chosen on validation)"
+    return KIND_NAMES.get(arm) or result["names"][arm]
+
+
+def comparison(result: Mapping[str, Any], a: str, b: str = BEST) -> Comparison:
+    """Test accuracy of ``a`` minus ``b``, paired over the labelled sets: each an ensemble kind
+    (``"average"``...), a model key (``"barlow"``) or :data:`BEST`, each seed's best single
+    model chosen on validation (the fair opponent: the ensemble's weights are chosen the same
+    way)."""
+    return Comparison(a=[_test(result, r, a) for r in result["seeds"]],
+                      b=[_test(result, r, b) for r in result["seeds"]],
+                      seeds=[r["seed"] for r in result["seeds"]], arms=(a, b),
+                      what=f"{_name(result, a)} minus {_name(result, b)}")
+
+
+def comparisons(result: Mapping[str, Any]) -> list[Comparison]:
+    """Each ensemble against the best single model of its seed; then the paper's statements:
+    the average and the weighted average against the Barlow Twins model (the reference), and the
+    weighted against the average."""
+    out = [comparison(result, k) for k in result["kinds"]]
+    ref = result["reference"]
+    out += [comparison(result, k, ref) for k in ("average", "weighted") if k in result["kinds"]]
+    if {"average", "weighted"} <= set(result["kinds"]):
+        out.append(comparison(result, "weighted", "average"))
+    return out
+
+
 def difference_rows(result: Mapping[str, Any]) -> list[dict]:
-    """Each ensemble minus the best single model of its seed (chosen on validation)."""
-    return [{"ensemble": KIND_NAMES[k], "mean difference (points)": 100 * d["mean"],
-             "95% interval (points)": interval(d), "verdict": verdict(d), "seeds": d["n"]}
-            for k, d in result["minus_best_single"].items()]
+    """:func:`comparisons` as table rows."""
+    return rows(comparisons(result))
 
 
 def table1_rows(result: Mapping[str, Any], network: str) -> list[dict]:

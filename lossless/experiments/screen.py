@@ -25,7 +25,8 @@ import numpy as np
 
 from .. import config as config_mod
 from .. import runs
-from ..evaluate import mean_std, paired_difference
+from ..comparison import Comparison
+from ..evaluate import mean_std
 from ..pretrain import pretrain, pretrain_dir
 from .claims import probe_backbone
 
@@ -45,6 +46,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
                       "lr x eta = 0.006 as in solo-learn's CIFAR Barlow Twins (0.3 x 0.02)", {"ssl_lars_eta": 0.01}),
 }
 METRICS = ("linear_val", "knn_val", "linear_test", "knn_test")
+METRIC_NAMES = {"linear_val": "validation linear probe", "knn_val": "validation k-NN",
+                "linear_test": "test linear probe", "knn_test": "test k-NN"}
 
 
 def recipe_config(cfg: Mapping[str, Any], overrides: Mapping[str, Any], seed: int, epochs: int):
@@ -121,13 +124,11 @@ def screen(cfg: Mapping[str, Any], recipes: Mapping[str, tuple[str, dict]] | Non
                    if finished(cfg, recipes[name][1], s, epochs)])
 
     summary = {name: {m: mean_std([r[m] for r in rs]) for m in METRICS} for name, rs in rows.items()}
-    ref = {r["seed"]: r for r in rows[reference]}
     for name, rs in rows.items():
-        both = [r for r in rs if r["seed"] in ref]
         summary[name]["seeds"] = len(rs)
         summary[name]["minutes"] = float(np.mean([r["train_seconds"] or 0 for r in rs])) / 60
-        summary[name]["minus_reference"] = {
-            m: paired_difference([r[m] for r in both], [ref[r["seed"]][m] for r in both]) for m in METRICS}
+        summary[name]["minus_reference"] = {  # for a reader of the JSON; chapters use comparison()
+            m: comparison({"runs": rows, "reference": reference}, name, m).to_dict() for m in METRICS}
     full = [n for n in recipes if summary[n]["seeds"] >= seeds]
     best = max(full, key=lambda n: summary[n]["linear_val"]["mean"])
     return {"profile": cfg["profile"], "epochs": epochs, "seeds": seeds, "pilot_seeds": pilot_seeds,
@@ -141,20 +142,30 @@ def screen(cfg: Mapping[str, Any], recipes: Mapping[str, tuple[str, dict]] | Non
 PROBES = ("linear_val", "knn_val")  # what judges a recipe: both probes, on the validation images
 
 
+def comparison(result: Mapping[str, Any], name: str, metric: str) -> Comparison:
+    """Recipe ``name`` minus the reference recipe on ``metric`` (one of :data:`METRICS`), paired
+    over the seeds both ran."""
+    reference = result["reference"]
+    ref = {r["seed"]: r for r in result["runs"][reference]}
+    mine = [r for r in result["runs"][name] if r["seed"] in ref]
+    return Comparison(a=[r[metric] for r in mine], b=[ref[r["seed"]][metric] for r in mine],
+                      seeds=[r["seed"] for r in mine], arms=(name, reference),
+                      what=f"{name} minus {reference}", measure=METRIC_NAMES.get(metric, metric))
+
+
 def adoptable(result: Mapping[str, Any]) -> list[str]:
     """The recipes (run on every seed of the study) that a profile should take: a gain on at
-    least one validation probe and a loss on neither (each by :func:`tables.verdict` on its
-    paired interval), largest summed gain first. The book's targets are on both probes, so
+    least one validation probe and a loss on neither (each by the verdict of its paired
+    :func:`comparison`), largest summed gain first. The book's targets are on both probes, so
     both judge."""
-    from ..tables import verdict
     chosen = []
     for name, s in result["summary"].items():
         if name == result["reference"] or s["seeds"] < result["seeds"]:
             continue
-        words = [verdict(s["minus_reference"][m]) for m in PROBES]
+        words = [comparison(result, name, m).verdict() for m in PROBES]
         if "a gain" in words and "a loss" not in words:
             chosen.append(name)
-    return sorted(chosen, key=lambda n: -sum(result["summary"][n]["minus_reference"][m]["mean"] for m in PROBES))
+    return sorted(chosen, key=lambda n: -sum(comparison(result, n, m).mean for m in PROBES))
 
 
 def taken(result: Mapping[str, Any], cfg: Mapping[str, Any]) -> str | None:
@@ -172,16 +183,16 @@ def taken(result: Mapping[str, Any], cfg: Mapping[str, Any]) -> str | None:
 def rows(result: Mapping[str, Any]) -> list[dict]:
     """One row per recipe: what it changes, its seeds, its probes (mean +- sd over seeds) and its
     differences from the reference on both validation probes (an interval from 2 seeds on)."""
-    from ..tables import interval, pm
+    from ..tables import pm
 
     def shown(stats):  # one seed has no spread to show
         return pm(stats) if stats["n"] >= 2 else f"{100 * stats['mean']:.2f}%"
     out = []
     for name, s in result["summary"].items():
         def diff(m):
-            d = s["minus_reference"][m]
+            c = comparison(result, name, m)
             return "" if name == result["reference"] else (
-                f"{100 * d['mean']:+.2f} {interval(d)}" if d["n"] >= 2 else f"{100 * d['mean']:+.2f} (1 seed)")
+                f"{c.number()} {c.interval()}" if c.n >= 2 else f"{c.number()} (1 seed)")
         out.append({"recipe": name, "what it changes": result["recipes"][name]["what"], "seeds": s.get("seeds"),
                     "linear probe, val": shown(s["linear_val"]), "k-NN, val": shown(s["knn_val"]),
                     "linear probe, test": shown(s["linear_test"]), "k-NN, test": shown(s["knn_test"]),

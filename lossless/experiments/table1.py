@@ -19,10 +19,11 @@ from typing import Any, Mapping, Sequence
 
 from .. import config as config_mod
 from .. import methods as methods_mod
-from ..evaluate import mean_std, paired_difference
+from ..comparison import Comparison, rows
+from ..evaluate import mean_std
 from ..finetune import finetune
 from ..pretrain import pretrain
-from ..tables import interval, pm, verdict
+from ..tables import pm
 from .claims import frozen_probes
 
 # Table 1 of the paper: (network, method) -> accuracy on its 800-class validation set.
@@ -119,28 +120,32 @@ def table1(result: Mapping[str, Any], extra: Sequence[Mapping[str, Any]] = ()) -
     return rows + [dict(e) for e in extra]
 
 
-def best_rows(result: Mapping[str, Any], measure: str = "finetune", reference: str = "barlow") -> list[dict]:
+def comparison(result: Mapping[str, Any], a: str, b: str, measure: str = "finetune") -> Comparison:
+    """Run ``a`` minus run ``b`` (keys of ``result["runs"]``) on ``measure`` (finetune,
+    linear_probe or knn_probe, test accuracy), paired over the labelled sets both measured."""
+    runs = result["runs"]
+    mine = {r["seed"]: r[measure] for r in runs[a]["seeds"] if measure in r}
+    theirs = {r["seed"]: r[measure] for r in runs[b]["seeds"] if measure in r}
+    seeds = sorted(set(mine) & set(theirs))
+    return Comparison(a=[mine[s] for s in seeds], b=[theirs[s] for s in seeds], seeds=seeds, arms=(a, b),
+                      what=f"{_label(runs, a)} minus {_label(runs, b)}", measure=MEASURES.get(measure, measure))
+
+
+def comparisons(result: Mapping[str, Any], measure: str = "finetune", reference: str = "barlow") -> list[Comparison]:
     """The paper's claim "Barlow Twins performed the best", tested: the (first) run of method
-    ``reference`` minus each other run on ``measure`` (finetune, linear_probe or knn_probe),
-    paired over seeds, 95% interval."""
+    ``reference`` minus each other run on ``measure``, paired over seeds (those with at least
+    two labelled sets measured on both; none where the method did not run)."""
     runs = result["runs"]
     ref = next((k for k, r in runs.items() if r["method"] == reference), None)
     if ref is None:
         return []
-    rows = []
-    a = _metric(result, ref, measure)
-    for key, r in runs.items():
-        if key == ref:
-            continue
-        b = _metric(result, key, measure)
-        n = min(len(a), len(b))
-        if n < 2:
-            continue
-        d = paired_difference(a[:n], b[:n])
-        rows.append({"comparison": f"{_label(runs, ref)} minus {_label(runs, key)}",
-                     "measure": MEASURES.get(measure, measure), "mean difference (points)": 100 * d["mean"],
-                     "95% interval (points)": interval(d), "verdict": verdict(d), "seeds": n})
-    return rows
+    out = [comparison(result, ref, key, measure) for key in runs if key != ref]
+    return [c for c in out if c.n >= 2]
+
+
+def best_rows(result: Mapping[str, Any], measure: str = "finetune", reference: str = "barlow") -> list[dict]:
+    """:func:`comparisons` as table rows."""
+    return rows(comparisons(result, measure, reference))
 
 
 def _label(runs: Mapping[str, Any], key: str) -> str:
