@@ -119,8 +119,16 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     seeds = {} if args.seeds is None else {"seeds": args.seeds}  # else each experiment's own default
     if args.name == "active":
         from .experiments import active as ex
-        r = ex.experiment(cfg, **seeds)
-        return {"run": r["run"], "seeds": len(r["seeds"]), "budget": r["budget"], "rounds": r["rounds"],
+        strategies = {} if args.strategies is None else {"strategies": ex.check_strategies(args.strategies.split(","))}
+        r = ex.experiment(cfg, **seeds, **strategies)
+        if args.record:  # the record a chapter shows: the paper's intersection has its own
+            name = "active-methods" if ex.ACROSS in r["strategies"] else "active"
+            r["command"] = (f"lossless experiment active --profile {cfg['profile']} --seeds {len(r['seeds'])}"
+                            + (f" --strategies {args.strategies}" if args.strategies else "") + " --record"
+                            + "".join(f" {kv}" for kv in args.overrides or []))
+            r["written_to"] = str(write_record(r, name, cfg["profile"], args.out))
+        return {"run": r["run"], "written_to": r.get("written_to"), "seeds": len(r["seeds"]), "budget": r["budget"],
+                "rounds": r["rounds"],
                 "minus_random": ex.difference_rows(r)}
     if args.name == "table1":
         from .experiments import table1 as t1
@@ -143,6 +151,15 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         r = ar.architectures(cfg, **seeds)
         out = write_record(r, "architectures", cfg["profile"], args.out)
         return {"written_to": str(out), "rows": ar.rows(r), "rounds": ar.round_rows(r)}
+    if args.name == "section4":
+        from .experiments import ensembles as en
+        from .experiments.table1 import course as t1_course
+        r = en.section4(cfg, **seeds)
+        r["command"] = (f"lossless experiment section4 --profile {cfg['profile']} --seeds {r['seeds']}"
+                        + "".join(f" {kv}" for kv in args.overrides or []))
+        out = write_record(r, "section4", cfg["profile"], args.out)
+        return {"written_to": str(out), "table1": r["ensembles"]["table1"],
+                "courses": {k: t1_course(h) for k, h in r["histories"].items()}}
     if args.name == "ensembles":
         from .experiments import ensembles as en
         r = en.ensembles(cfg, **seeds)
@@ -234,12 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("experiment", help="an experiment over seeds: claims (sections 3.4, 3.5, 5), active "
                                            "(section 3.6: label-request rules against random), table1 "
                                            "(section 4: compare_methods for compare_epochs each) or ensembles "
-                                           "(section 4: ensemble_models combined; the overlap analysis) or screen "
+                                           "(section 4: ensemble_models combined; the overlap analysis), section4 (both, "
+                                           "written as the record the chapters show) or screen "
                                            "(the backbone study: recipes at the main line's length, the best on more seeds) or architectures (section 4: "
                                            "arch_networks at compare_epochs; forgetting in the rounds)")
-    ex.add_argument("name", choices=["claims", "active", "table1", "ensembles", "screen", "architectures"])
+    ex.add_argument("name", choices=["claims", "active", "table1", "ensembles", "section4", "screen",
+                                     "architectures"])
     ex.add_argument("--seeds", type=int, default=None,
-                    help="seeds (default: the experiment's own, `lossless experiment NAME --help`'s defaults)")
+                    help="seeds (default: the experiment function's own default, e.g. "
+                         "lossless.experiments.claims.claims's seeds=5)")
+    ex.add_argument("--strategies", default=None,
+                    help="active: the strategies, comma-separated (default: all but methods-intersection, which "
+                         "needs ensemble_models' runs pretrained; random is always among them)")
     ex.add_argument("--screen-epochs", type=int, default=None,
                     help="screen: pretraining epochs of every recipe (default: the profile's ssl_epochs)")
     ex.add_argument("--pilot-seeds", type=int, default=1,
@@ -247,10 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--finalists", type=int, default=1,
                     help="screen: recipes (besides the profile's) run on every seed, the best by validation")
     ex.add_argument("--out", default=None,
-                    help="screen, architectures, claims --record: the record's JSON path (default "
+                    help="screen, architectures, section4, claims --record: the record's JSON path (default "
                          "benchmarks/results/<name>-<profile>.json, which the chapters show)")
     ex.add_argument("--record", action="store_true",
-                    help="claims: also write the result as the record the results chapter shows")
+                    help="claims, active: also write the result as the record the chapters show")
     ex.add_argument("--all-rules", action="store_true",
                     help="claims: also the balanced, threshold and gradual pseudo-label rules and the "
                          "supervised-only control")

@@ -378,11 +378,21 @@ def request_classes(rows: list[dict], classes: Sequence[str]):
 
 
 # ------------------------------------------------------------------ the section 4 comparison
-def method_curves(histories: dict[str, list[dict]], metrics: Sequence[str] = ("knn_val", "linear_probe_val",
-                                                                              "embedding_std")):
+def method_curves(histories: dict[str, list[dict]] | None, metrics: Sequence[str] = ("knn_val", "linear_probe_val",
+                                                                                     "embedding_std"),
+                  missing: str = "no record"):
     """Each method's monitors after every pretraining epoch (one run each, the same budget),
     against its training minutes: the two probes' validation accuracy and the collapse signal
-    (the embeddings' spread)."""
+    (the embeddings' spread). ``histories=None``: the empty panels with ``missing`` across them."""
+    if histories is None:
+        fig, axes = plt.subplots(1, len(metrics), figsize=(3.4 * len(metrics), 3), squeeze=False)
+        for ax, m in zip(axes[0], metrics):
+            ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+            ax.set_ylabel(name(m))
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.tight_layout()
+        return fig
     return epoch_curves(histories, metrics, width=3.4, marker="o", x="minutes")
 
 

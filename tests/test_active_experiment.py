@@ -175,3 +175,41 @@ def test_the_experiment_on_smoke_resumes_and_keeps_its_books(tmp_path, smoke_bac
         ex.experiment(cfg, seeds=2, strategies=["margin"])
     with pytest.raises(ConfigError, match="seeds=1 is not allowed"):
         ex.experiment(cfg, seeds=1)
+
+
+def test_the_papers_intersection_takes_each_methods_own_choice(tmp_path, smoke_backbone):
+    """``methods-intersection``: the Barlow Twins head and the BYOL head (on BYOL's own frozen
+    features) each choose by margin + k-means; the first round's requests are exactly the
+    intersection of those two choices filled by summed margin rank, rebuilt here from the two
+    heads. Fails if every model chooses on the main line's features, or the fill is skipped."""
+    from lossless.features import frozen_features
+    cfg = smoke(tmp_path, ensemble_models="barlow,byol", compare_epochs=1)
+    res = ex.experiment(cfg, seeds=2, strategies=["random", "margin-kmeans", ex.ACROSS])
+    B = cfg["al_budget"]
+    other = ex.across_features(cfg)
+    assert list(other) == ["byol"] and "pretrain-byol" in str(other["byol"][0])
+    main = frozen_features(cfg)
+    for s in res["seeds"]:
+        got = s["strategies"][ex.ACROSS]
+        first = got["rounds"][1]
+        assert first["selection"]["models"] == ["main", "byol"]
+        split, xs, train = ex.seed_state(cfg, s["seed"], main)
+        _, xb, train_b = ex.seed_state(cfg, s["seed"], other["byol"][1])
+        L0, y0 = split.labelled, split.data.labels[split.labelled]
+        pool = np.setdiff1d(split.unlabelled, L0)
+        picks, margins = [], []
+        for f, x, head in ((main, xs, train(L0, y0, s["seed"])), (other["byol"][1], xb, train_b(L0, y0, s["seed"]))):
+            m = ex.head_scores(head, x[pool]).margin
+            picks.append(active.select("margin-kmeans", B, s["seed"] * 1000 + 1, margin=m,
+                                       features=lambda p, f=f: f[pool[p]], candidates=cfg["al_candidates"],
+                                       clusters=cfg["al_clusters"] or 10, quota=cfg["al_per_cluster"],
+                                       order=cfg["al_order"]))
+            margins.append(m)
+        both = np.intersect1d(picks[0].positions, picks[1].positions)
+        assert first["selection"]["in_every_selection"] == len(both)
+        expected = pool[active.intersect([p.positions for p in picks], margins, B, allow_empty=True)]
+        assert sorted(got["acquired"][:B]) == sorted(expected.tolist()) and len(expected) == B
+        assert np.isin(pool[both], got["acquired"][:B]).all()            # the whole intersection is asked for
+    assert ex.comparisons(res)[(ex.ACROSS, "area under the curve")].n == 2
+    with pytest.raises(ConfigError, match="names no method besides"):
+        ex.experiment(smoke(tmp_path, ensemble_models="barlow"), seeds=2, strategies=["random", ex.ACROSS])

@@ -100,10 +100,16 @@ def test_chapter_conventions(md):
     for c in code:
         assert "for epoch in" not in c.source and not training_loops(c.source), f"{md.name}: no training loop in a " \
             f"notebook (one step written out to show the method is fine):\n{c.source}"
+        # a comparison goes through the one result type: no interval computed or read by hand
+        for hand in ("paired_difference(", "mean_interval(", '["paired_differences"]', '["minus_best_single"]',
+                     '["minus_reference"]'):
+            assert hand not in c.source, f"{md.name}: {hand} in a cell; build a lossless.comparison.Comparison " \
+                f"(an experiment's comparison()) and word it with its methods:\n{c.source}"
         # a table shows only as the cell's last expression: one earlier in the cell is lost
-        body = ast.parse(c.source).body if "tables.show" in c.source else []
+        showing = ("tables.show", "comparison.table", "cmp.table")
+        body = ast.parse(c.source).body if any(t in c.source for t in showing) else []
         for node in body[:-1]:
-            shown = isinstance(node, ast.Expr) and "tables.show" in ast.unparse(node)
+            shown = isinstance(node, ast.Expr) and any(t in ast.unparse(node) for t in showing)
             assert not shown, f"{md.name}: tables.show(...) must end its cell, or it is not shown:\n{c.source}"
         if "viz." in c.source and "fig = " in c.source:
             assert c.metadata.get("mystnb", {}).get("figure", {}).get("caption"), f"figure without caption:\n{c.source}"

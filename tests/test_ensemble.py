@@ -221,6 +221,11 @@ def test_ensembles_experiment_stores_outputs_and_never_reads_test_labels_to_choo
     best = ex.comparison(result, "vote")
     assert list(best.b) == [r["single_test"][r["best_single"]] for r in result["seeds"]]
     assert len(ex.difference_rows(result)) == 7 and len(ex.bound_rows(result)) == 2
+    s4 = ex.section4(cfg, seeds=2)            # the record's content: loads the same runs
+    assert s4["ensembles"]["seeds"] == result["seeds"] and list(s4["histories"]) == ["barlow", "byol", "swav"]
+    for key, h in s4["histories"].items():    # each run's monitors, one row an epoch
+        assert [r["epoch"] for r in h] == list(range(1, cfg["compare_epochs"] + 1))
+        assert h == runs.read_jsonl(Path(s4["compare"]["runs"][key]["pretraining"]["run"]) / "metrics.jsonl")
     flips = ex.flip_examples(cfg, result, seed=0, n=3)
     assert len(flips) == 2 and all(len(imgs) == len(titles) <= 3 for imgs, titles in flips.values())
 

@@ -447,3 +447,26 @@ def test_the_architecture_experiment_counts_what_each_round_forgot(tmp_path):
         assert s["forgotten"]["mean"] == pytest.approx(np.mean([x["forgetting"][0]["forgotten"] for x in net["seeds"]]))
     with pytest.raises(config.ConfigError, match="networks"):
         ar.architectures(cfg, "resnet50", seeds=1)
+
+
+def test_the_length_rule_reads_whether_a_curve_has_flattened():
+    """A run has flattened when the mean validation k-NN of its last quarter of epochs is under
+    half a point above the quarter's before. Fails if the rule compares the last epoch with the
+    best (a curve still rising has its best at the end), or reads the first epochs instead."""
+    from lossless.experiments import table1 as t1
+
+    def run(knn):
+        return [{"epoch": e + 1, "knn_val": k, "seconds": 30.0} for e, k in enumerate(knn)]
+    rising = run([0.60, 0.65, 0.68, 0.70, 0.72, 0.74, 0.75, 0.76])      # epochs 7-8 +2.5 over 5-6
+    flat = run([0.60, 0.70, 0.74, 0.76, 0.770, 0.772, 0.771, 0.773])    # epochs 7-8 +0.1 over 5-6
+    peaked = run([0.60, 0.70, 0.74, 0.78, 0.76, 0.75, 0.75, 0.751])     # fell, then flat
+    c = t1.course(rising)
+    assert not c["flat"] and c["quarter"] == 2 and c["last_quarter_rise"] == pytest.approx(0.025)
+    assert c["best"] == c["last"] == 0.76 and c["best_epoch"] == 8 and c["minutes"] == pytest.approx(4.0)
+    assert t1.course(flat)["flat"] and t1.course(flat)["last_quarter_rise"] == pytest.approx(0.001)
+    p = t1.course(peaked)
+    assert p["flat"] and p["best_epoch"] == 4 and p["last"] == 0.751
+    rows = t1.course_rows({"a": rising, "b": flat}, {"a": "A"})
+    assert [r["the curve"] for r in rows] == ["still rising", "flattened"] and rows[1]["run"] == "b"
+    with pytest.raises(ValueError, match="no validation k-NN"):
+        t1.course([{"epoch": 1, "knn_val": None}])

@@ -19,9 +19,13 @@ every random choice (k-means seeds, random requests) for every strategy, so stra
 only by their requests, and differences are taken seed by seed.
 
 Strategies (:data:`STRATEGIES`): ``random``, ``margin``, ``kmeans``, ``margin-kmeans`` (the
-paper), ``intersection`` (the paper intersected the choices of its Barlow Twins, BYOL and SwAV
-classifiers; here, until those methods exist, of :data:`INTERSECTION_HEADS` heads that differ in
-their initialisation only) and ``typiclust`` (Hacohen et al., 2022).
+paper), ``intersection`` (the margin + k-means choices of :data:`INTERSECTION_HEADS` heads on the
+same features that differ in their initialisation only) and ``typiclust`` (Hacohen et al.,
+2022); and, asked for by name, ``methods-intersection``: the paper's own, the margin + k-means
+choices of classifiers on the features of different pretraining methods (``ensemble_models``:
+Barlow Twins, the main line, with BYOL and SwAV pretrained for ``compare_epochs``), intersected
+and filled by summed margin rank (:func:`lossless.active.intersect`). Whatever chose the
+requests, the Barlow Twins head is the one trained on them and scored.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from ..models import ClassifierHead
 from ..pretrain import load_data, pretrain
 
 STRATEGIES = ("random", "margin", "kmeans", "margin-kmeans", "intersection", "typiclust")
+ACROSS = "methods-intersection"  # asked for by name: each method's classifier on its own features
 INTERSECTION_HEADS = 3
 EXPERIMENT_KEYS = ("dataset", "data_root", "labels_per_class", "val_per_class", "al_candidates", "al_clusters",
                    "al_per_cluster", "al_order", "al_features", "al_budget", "al_rounds", "al_head_epochs", "al_head_lr",
@@ -134,9 +139,13 @@ def seed_state(cfg: Mapping[str, Any], seed: int, feats: np.ndarray):
     return split, xs, train
 
 
-def run_seed(cfg: Mapping[str, Any], seed: int, feats: np.ndarray, strategies: Sequence[str], out: Path) -> dict:
-    """Every strategy's rounds for one seed; requests and answers are written under ``out``."""
+def run_seed(cfg: Mapping[str, Any], seed: int, feats: np.ndarray, strategies: Sequence[str], out: Path,
+             spaces: Mapping[str, np.ndarray] | None = None) -> dict:
+    """Every strategy's rounds for one seed; requests and answers are written under ``out``.
+    ``spaces``: the other methods' frozen features, for :data:`ACROSS` (the main line's are
+    ``feats``)."""
     split, xs, train = seed_state(cfg, seed, feats)
+    others = {m: seed_state(cfg, seed, f)[1:] for m, f in (spaces or {}).items()}  # (xs, train) each
     data = split.data
     test_y = split.labels("test")
     C, B, R = data.num_classes, cfg["al_budget"], cfg["al_rounds"]
@@ -154,7 +163,11 @@ def run_seed(cfg: Mapping[str, Any], seed: int, feats: np.ndarray, strategies: S
         for r in range(1, R + 1):
             pool = np.setdiff1d(split.unlabelled, L)
             scored = {s: head_scores(h, xs[pool]) for s, h in heads.items()}
-            sel = _choose(cfg, strategy, B, seed * 1000 + r, pool, feats, L, scored, heads, xs, C)
+            if strategy == ACROSS:
+                sel = _choose_across(cfg, B, seed * 1000 + r, pool, {"main": (feats, xs, heads[seed]), **{
+                    m: (spaces[m], ox, otrain(L, yL, seed)) for m, (ox, otrain) in others.items()}}, C)
+            else:
+                sel = _choose(cfg, strategy, B, seed * 1000 + r, pool, feats, L, scored, heads, xs, C)
             chosen = pool[sel.positions]
             path = out / f"seed{seed}" / f"{strategy}-round{r}.txt"
             active.write_requests(path, data, active.Selection(strategy, chosen, sel.score, sel.info),
@@ -200,18 +213,58 @@ def _choose(cfg, strategy: str, budget: int, rseed: int, pool: np.ndarray, feats
     return active.select(strategy, budget, rseed, margin=scored[main].margin, features=space(main), **common)
 
 
+def _choose_across(cfg, budget: int, rseed: int, pool: np.ndarray, models: Mapping[str, tuple], num_classes: int
+                   ) -> active.Selection:
+    """The paper's intersection: each model (its features, standardised features and head on
+    them) chooses by margin + k-means on its own scores and features; the choices are
+    intersected and filled to ``budget`` by summed margin rank."""
+    clusters = cfg["al_clusters"] or num_classes
+    common = dict(candidates=cfg["al_candidates"], clusters=clusters, quota=cfg["al_per_cluster"], order=cfg["al_order"])
+    picks, margins = [], []
+    for feats, xs, head in models.values():
+        scored = head_scores(head, xs[pool])
+
+        def space(positions, feats=feats, xs=xs, head=head):
+            return head_softmax(head, xs[pool[positions]]) if cfg["al_features"] == "softmax" else feats[pool[positions]]
+        picks.append(active.select("margin-kmeans", budget, rseed, margin=scored.margin, features=space, **common))
+        margins.append(scored.margin)
+    pos = active.intersect([p.positions for p in picks], margins, budget, allow_empty=True)
+    overlap = picks[0].positions
+    for p in picks[1:]:
+        overlap = np.intersect1d(overlap, p.positions)
+    return active.Selection(ACROSS, pos, margins[0][pos], {"models": list(models), "in_every_selection": int(len(overlap))})
+
+
+def across_features(cfg: Mapping[str, Any]) -> dict[str, tuple[Path, np.ndarray]]:
+    """The frozen features of each ``ensemble_models`` run other than Barlow Twins (pretrained, or
+    loaded, for ``compare_epochs`` as the methods comparison does), keyed by run name."""
+    from .table1 import compare_cfg
+    out = {}
+    for method, backbone in config_mod.table1_runs(cfg["ensemble_models"]):
+        if method == "barlow" and backbone is None:
+            continue  # the main line is the experiment's own backbone
+        c = compare_cfg(cfg, method, cfg["compare_epochs"], backbone)
+        path = Path(pretrain(c)["backbone"])
+        out[method if backbone is None else f"{method}:{backbone}"] = (path, frozen_features(c, path))
+    return out
+
+
 # ------------------------------------------------------------------ the experiment
-def experiment_dir(cfg: Mapping[str, Any], backbone: Path, strategies: Sequence[str]) -> Path:
+def experiment_dir(cfg: Mapping[str, Any], backbone: Path, strategies: Sequence[str],
+                   others: Mapping[str, Path] | None = None) -> Path:
     keys = {k: cfg.get(k) for k in EXPERIMENT_KEYS}
     keys.update(backbone=str(backbone), strategies=list(strategies), heads=INTERSECTION_HEADS, version=2)
+    if others:
+        keys["across"] = {m: str(p) for m, p in others.items()}
     return runs.run_dir(cfg, "active-experiment", keys)
 
 
 def check_strategies(strategies: Sequence[str]) -> list[str]:
     strategies = list(strategies)
-    bad = [s for s in strategies if s not in STRATEGIES]
+    bad = [s for s in strategies if s not in STRATEGIES + (ACROSS,)]
     if bad or not strategies:
-        raise ConfigError(f"strategies={strategies!r} is not allowed: a list drawn from {', '.join(STRATEGIES)}")
+        raise ConfigError(f"strategies={strategies!r} is not allowed: a list drawn from "
+                          f"{', '.join(STRATEGIES + (ACROSS,))}")
     if "random" not in strategies:
         raise ConfigError("strategies must include random: every strategy is compared with it")
     return strategies
@@ -226,14 +279,19 @@ def experiment(cfg: Mapping[str, Any], seeds: int = 10, strategies: Sequence[str
     config_mod.validate(cfg)
     backbone = Path(pretrain(cfg)["backbone"])
     feats = frozen_features(cfg, backbone)
-    out = experiment_dir(cfg, backbone, strategies)
+    across = across_features(cfg) if ACROSS in strategies else {}
+    if ACROSS in strategies and not across:
+        raise ConfigError(f"strategies include {ACROSS} but ensemble_models={cfg['ensemble_models']!r} names no "
+                          f"method besides the main line's Barlow Twins; name two or more, e.g. barlow,byol,swav")
+    spaces = {m: f for m, (_, f) in across.items()}
+    out = experiment_dir(cfg, backbone, strategies, {m: p for m, (p, _) in across.items()})
     from tqdm.auto import tqdm
     per_seed = []
     with runs.claim(out):
         for s in tqdm(range(seeds), desc="active learning", unit="seed", disable=not cfg["progress"], file=sys.stderr):
             f = out / f"seed-{s}.json"
             if not f.is_file():
-                runs.write_json(f, run_seed(cfg, s, feats, strategies, out))
+                runs.write_json(f, run_seed(cfg, s, feats, strategies, out, spaces))
             per_seed.append(runs.read_json(f))
     return {"run": str(out), "backbone": str(backbone), "seeds": per_seed, "strategies": strategies,
             "budget": cfg["al_budget"], "rounds": cfg["al_rounds"]}
@@ -270,16 +328,17 @@ def area(acc: np.ndarray, labels: Sequence[int]) -> np.ndarray:
 AREA = "area under the curve"
 
 
-def comparison(result: Mapping[str, Any], strategy: str, at: int | str = AREA) -> Comparison:
-    """``strategy`` minus random on the same seeds: test accuracy after round ``at`` (an
-    integer) or the normalised area under the learning curve (:data:`AREA`)."""
-    a, b = accuracies(result, strategy), accuracies(result, "random")
+def comparison(result: Mapping[str, Any], strategy: str, at: int | str = AREA, against: str = "random"
+               ) -> Comparison:
+    """``strategy`` minus ``against`` (default random) on the same seeds: test accuracy after
+    round ``at`` (an integer) or the normalised area under the learning curve (:data:`AREA`)."""
+    a, b = accuracies(result, strategy), accuracies(result, against)
     if at == AREA:
         a, b, where = area(a, labels_axis(result)), area(b, labels_axis(result)), AREA
     else:
         a, b, where = a[:, at], b[:, at], f"round {at}"
-    return Comparison(a=a, b=b, seeds=[s["seed"] for s in result["seeds"]], arms=(strategy, "random"),
-                      what=f"{strategy} minus random", measure=where)
+    return Comparison(a=a, b=b, seeds=[s["seed"] for s in result["seeds"]], arms=(strategy, against),
+                      what=f"{strategy} minus {against}", measure=where)
 
 
 def comparisons(result: Mapping[str, Any]) -> dict[tuple[str, str], Comparison]:

@@ -129,6 +129,20 @@ def ensembles(cfg: Mapping[str, Any], seeds: int = 5) -> dict:
     return result
 
 
+def section4(cfg: Mapping[str, Any], seeds: int = 5) -> dict:
+    """Section 4 whole, as one result a record keeps: the methods comparison (``table1.compare``:
+    every run of ``cfg.compare_methods`` pretrained for ``cfg.compare_epochs``, probed and
+    fine-tuned on ``seeds`` labelled sets), each pretraining run's monitors by epoch (the length
+    rule reads them: ``table1.course``), and the ensembles of its classifiers with the overlap
+    analysis. Runs already made are loaded."""
+    result = ensembles(cfg, seeds=seeds)
+    compared = t1.compare(cfg, seeds=seeds, finetune_seeds=seeds)  # made by ensembles(): loaded
+    histories = {k: runs.read_jsonl(Path(r["pretraining"]["run"]) / "metrics.jsonl")
+                 for k, r in compared["runs"].items()}
+    return {"epochs": compared["epochs"], "seeds": seeds, "compare": compared, "histories": histories,
+            "ensembles": result}
+
+
 # ------------------------------------------------------------------ rows for the chapter
 def accuracy_rows(result: Mapping[str, Any]) -> list[dict]:
     """Test accuracy (mean ± sd over seeds) of each single model and each ensemble."""

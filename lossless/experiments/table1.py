@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from .. import config as config_mod
 from .. import methods as methods_mod
 from ..comparison import Comparison, rows
@@ -146,6 +148,41 @@ def comparisons(result: Mapping[str, Any], measure: str = "finetune", reference:
 def best_rows(result: Mapping[str, Any], measure: str = "finetune", reference: str = "barlow") -> list[dict]:
     """:func:`comparisons` as table rows."""
     return rows(comparisons(result, measure, reference))
+
+
+FLAT = 0.005  # a run has flattened when its last quarter of epochs is under half a point above the one before
+
+
+def course(history: Sequence[Mapping[str, Any]]) -> dict:
+    """The length rule of section 4, read from one pretraining run's monitors (``metrics.jsonl``
+    rows): validation k-NN after the first epoch, at its best and at the last; the rise of the
+    last quarter of the epochs, the mean k-NN of that quarter minus the mean of the quarter
+    before it (means, because one epoch's k-NN on the validation images moves by a few tenths
+    of a point from noise alone); the training minutes; and whether the run has flattened (a
+    rise under :data:`FLAT`) or is still rising."""
+    pts = [(r["epoch"], r["knn_val"]) for r in history if r.get("knn_val") is not None]
+    if not pts:
+        raise ValueError("no validation k-NN in the run's monitors (ssl_knn_every=0?): the length rule needs it")
+    q = max(1, round(len(pts) / 4))
+    last, before = [k for _, k in pts[-q:]], [k for _, k in pts[-2 * q:-q]] or [pts[0][1]]
+    rise = round(float(np.mean(last) - np.mean(before)), 6)  # no verdict from float rounding
+    best = max(pts, key=lambda p: p[1])
+    return {"epochs": pts[-1][0], "first": pts[0][1], "best": best[1], "best_epoch": best[0], "last": pts[-1][1],
+            "quarter": q, "last_quarter_rise": rise, "flat": rise < FLAT,
+            "minutes": sum(r.get("seconds", 0.0) for r in history) / 60}
+
+
+def course_rows(histories: Mapping[str, Sequence[Mapping[str, Any]]], names: Mapping[str, str]) -> list[dict]:
+    """:func:`course` of each run as table rows (accuracies as fractions for ``tables.show``)."""
+    rows_ = []
+    for key, h in histories.items():
+        c = course(h)
+        rows_.append({"run": names.get(key, key), "epochs": c["epochs"], "minutes": c["minutes"],
+                      "k-NN after epoch 1": c["first"], "best k-NN": c["best"], "best at epoch": c["best_epoch"],
+                      "k-NN at the end": c["last"], "since epoch 1 (points)": 100 * (c["last"] - c["first"]),
+                      "rise over the last quarter (points)": 100 * c["last_quarter_rise"],
+                      "the curve": "flattened" if c["flat"] else "still rising"})
+    return rows_
 
 
 def _label(runs: Mapping[str, Any], key: str) -> str:
