@@ -126,7 +126,10 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
             r["command"] = (f"lossless experiment active --profile {cfg['profile']} --seeds {len(r['seeds'])}"
                             + (f" --strategies {args.strategies}" if args.strategies else "") + " --record"
                             + "".join(f" {kv}" for kv in args.overrides or []))
-            r["written_to"] = str(write_record(r, name, cfg["profile"], args.out))
+            # the chapters read the rounds; the requested images stay in the run folder's request files
+            slim = {**r, "seeds": [{**s, "strategies": {k: {"rounds": v["rounds"]} for k, v in s["strategies"].items()}}
+                                   for s in r["seeds"]]}
+            r["written_to"] = str(write_record(slim, name, cfg["profile"], args.out))
         return {"run": r["run"], "written_to": r.get("written_to"), "seeds": len(r["seeds"]), "budget": r["budget"],
                 "rounds": r["rounds"],
                 "minus_random": ex.difference_rows(r)}

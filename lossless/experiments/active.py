@@ -163,9 +163,12 @@ def run_seed(cfg: Mapping[str, Any], seed: int, feats: np.ndarray, strategies: S
         for r in range(1, R + 1):
             pool = np.setdiff1d(split.unlabelled, L)
             scored = {s: head_scores(h, xs[pool]) for s, h in heads.items()}
-            if strategy == ACROSS:
-                sel = _choose_across(cfg, B, seed * 1000 + r, pool, {"main": (feats, xs, heads[seed]), **{
-                    m: (spaces[m], ox, otrain(L, yL, seed)) for m, (ox, otrain) in others.items()}}, C)
+            if strategy == ACROSS:  # each method's head, trained on the same labels, in its own space
+                models = {"main": (feats, xs, heads[seed], scored[seed].margin)}
+                for m, (ox, otrain) in others.items():
+                    head = otrain(L, yL, seed)
+                    models[m] = (spaces[m], ox, head, head_scores(head, ox[pool]).margin)
+                sel = _intersection(cfg, ACROSS, B, seed * 1000 + r, pool, models, C)
             else:
                 sel = _choose(cfg, strategy, B, seed * 1000 + r, pool, feats, L, scored, heads, xs, C)
             chosen = pool[sel.positions]
@@ -189,50 +192,44 @@ def run_seed(cfg: Mapping[str, Any], seed: int, feats: np.ndarray, strategies: S
 def _choose(cfg, strategy: str, budget: int, rseed: int, pool: np.ndarray, feats: np.ndarray, labelled: np.ndarray,
             scored: dict, heads: dict, xs: np.ndarray, num_classes: int) -> active.Selection:
     """One round's requests, as positions into ``pool``."""
-    main = next(iter(heads))
-    clusters = cfg["al_clusters"] or num_classes
-    common = dict(candidates=cfg["al_candidates"], clusters=clusters, quota=cfg["al_per_cluster"], order=cfg["al_order"])
-
-    def space(seed_of_head):
-        if cfg["al_features"] == "softmax":
-            return lambda positions: head_softmax(heads[seed_of_head], xs[pool[positions]])
-        return lambda positions: feats[pool[positions]]
     if strategy == "typiclust":
         return active.typiclust(np.asarray(feats[pool]), np.asarray(feats[labelled]), budget, rseed,
                                 cfg["al_typiclust_max_clusters"])
     if strategy == "intersection":
-        picks = [active.select("margin-kmeans", budget, rseed, margin=scored[s].margin, features=space(s), **common)
-                 for s in heads]
-        pos = active.intersect([p.positions for p in picks], [scored[s].margin for s in heads], budget,
-                               allow_empty=True)
-        overlap = picks[0].positions
-        for p in picks[1:]:
-            overlap = np.intersect1d(overlap, p.positions)
-        return active.Selection("intersection", pos, scored[main].margin[pos],
-                                {"models": len(heads), "in_every_selection": int(len(overlap))})
-    return active.select(strategy, budget, rseed, margin=scored[main].margin, features=space(main), **common)
+        return _intersection(cfg, strategy, budget, rseed, pool,
+                             {s: (feats, xs, heads[s], scored[s].margin) for s in heads}, num_classes)
+    main = next(iter(heads))
+
+    def space(positions):  # the clustering space: the backbone's features or the head's softmax
+        if cfg["al_features"] == "softmax":
+            return head_softmax(heads[main], xs[pool[positions]])
+        return feats[pool[positions]]
+    return active.select(strategy, budget, rseed, margin=scored[main].margin, features=space,
+                         **_common(cfg, num_classes))
 
 
-def _choose_across(cfg, budget: int, rseed: int, pool: np.ndarray, models: Mapping[str, tuple], num_classes: int
-                   ) -> active.Selection:
-    """The paper's intersection: each model (its features, standardised features and head on
-    them) chooses by margin + k-means on its own scores and features; the choices are
-    intersected and filled to ``budget`` by summed margin rank."""
-    clusters = cfg["al_clusters"] or num_classes
-    common = dict(candidates=cfg["al_candidates"], clusters=clusters, quota=cfg["al_per_cluster"], order=cfg["al_order"])
-    picks, margins = [], []
-    for feats, xs, head in models.values():
-        scored = head_scores(head, xs[pool])
+def _common(cfg, num_classes: int) -> dict:
+    """The margin + k-means settings every selection shares."""
+    return dict(candidates=cfg["al_candidates"], clusters=cfg["al_clusters"] or num_classes,
+                quota=cfg["al_per_cluster"], order=cfg["al_order"])
 
+
+def _intersection(cfg, name: str, budget: int, rseed: int, pool: np.ndarray, models: Mapping[str, tuple],
+                  num_classes: int) -> active.Selection:
+    """The paper's intersection: each model (its frozen features, standardised features, head,
+    and the head's margins on the pool) chooses by margin + k-means in its own space; the choices
+    are intersected and filled to ``budget`` by summed margin rank (:func:`lossless.active.intersect`)."""
+    picks, margins = [], [m[3] for m in models.values()]
+    for feats, xs, head, margin in models.values():
         def space(positions, feats=feats, xs=xs, head=head):
             return head_softmax(head, xs[pool[positions]]) if cfg["al_features"] == "softmax" else feats[pool[positions]]
-        picks.append(active.select("margin-kmeans", budget, rseed, margin=scored.margin, features=space, **common))
-        margins.append(scored.margin)
+        picks.append(active.select("margin-kmeans", budget, rseed, margin=margin, features=space,
+                                   **_common(cfg, num_classes)))
     pos = active.intersect([p.positions for p in picks], margins, budget, allow_empty=True)
     overlap = picks[0].positions
     for p in picks[1:]:
         overlap = np.intersect1d(overlap, p.positions)
-    return active.Selection(ACROSS, pos, margins[0][pos], {"models": list(models), "in_every_selection": int(len(overlap))})
+    return active.Selection(name, pos, margins[0][pos], {"models": list(models), "in_every_selection": int(len(overlap))})
 
 
 def across_features(cfg: Mapping[str, Any]) -> dict[str, tuple[Path, np.ndarray]]:

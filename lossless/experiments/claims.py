@@ -356,10 +356,8 @@ CLAIMS = {("barlow_finetune", "supervised"): "pretraining: Barlow Twins + fine-t
           ("pseudo_global", "pseudo_none"): "pseudo-labels (global) minus the same training without them",
           ("supervised_pseudo_global", "supervised"):
               "pseudo-labels (global) on the supervised-only classifier, minus that classifier",
-          ("pseudo_global", "fixmatch"): "Barlow Twins + fine-tune + pseudo-labels (global) minus FixMatch",
-          ("pseudo_balanced", "fixmatch"): "Barlow Twins + fine-tune + pseudo-labels (balanced) minus FixMatch",
-          ("pseudo_threshold", "fixmatch"): "Barlow Twins + fine-tune + pseudo-labels (threshold) minus FixMatch",
-          ("pseudo_gradual", "fixmatch"): "Barlow Twins + fine-tune + pseudo-labels (gradual) minus FixMatch",
+          **{(f"pseudo_{rule}", "fixmatch"): f"Barlow Twins + fine-tune + pseudo-labels ({rule}) minus FixMatch"
+             for rule in RULES},
           ("gain on pretrained", "gain on scratch"):
               "the rounds' gain on the pretrained classifier minus their gain on the supervised-only one"}
 # arms computed from two others, per seed: the global rule's rounds' gain on either start
