@@ -10,7 +10,7 @@ One run measures, on this machine and in this process:
   bf16 + channels_last;
 * the ``cpu`` profile's step on the path it takes today against the path before the two CPU
   fast paths (``kernels.Conv2d``'s GEMM weight gradient, one pass for both views), in turns
-  in one process: ``step_paths`` in the JSON;
+  in one process, and the same step under ``torch.compile``: ``step_paths`` in the JSON;
 * the same ResNet-34 driven the way the authors' scripts drive it: per-image PIL transforms in
   DataLoader worker processes, fp32, no channels_last: the baseline of ``speedup_vs_authors``.
 
@@ -168,32 +168,45 @@ def step_path(name: str):
         kernels.GEMM_MAX_PIXELS, methods_common.SHARE_PASS = before
 
 
-def compare_step_paths(model: dict, precision: str, device: torch.device, batch_size: int, rounds: int) -> dict:
-    """Images per second of the ``before`` and ``lossless`` paths of one task, measured in turns
-    (a step of each per round, after one warm-up step each) so that both see the same
-    machine: on a shared virtual machine a neighbour's load moves single figures by 30%.
-    Reports the median and the best step of each and their ratios."""
+def compare_step_paths(model: dict, precision: str, device: torch.device, batch_size: int, rounds: int,
+                       compiled: bool = True) -> dict:
+    """Images per second of the ``before`` and ``lossless`` paths of one task and, with
+    ``compiled``, of the ``lossless`` path under ``torch.compile`` (the engine's ``compile``
+    parameter), measured in turns (a step of each per round, after one warm-up step each, which
+    for the compiled step includes compiling it) so that all see the same machine: on a shared
+    virtual machine a neighbour's load moves single figures by 30%. Reports the median and the
+    best step of each, their ratios to the path before, and the compiled path's to the eager one."""
     size, channels = model["resolution"], model["channels"]
     torch.manual_seed(0)
     task = _task(model, channels, size, device, precision != "fp32")
     images = torch.randint(0, 256, (batch_size, size, size, channels), dtype=torch.uint8)
-    step = _step_function(task, images, precision, device)
+    eager = _step_function(task, images, precision, device)
+    steps = {"before": ("before", eager), "lossless": ("lossless", eager)}
+    if compiled:
+        steps["compiled"] = ("lossless", _step_function(task, images, precision, device, compile=True))
 
-    times: dict[str, list[float]] = {"before": [], "lossless": []}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    compile_seconds = None
     for r in range(rounds + 1):
-        for name in times:
-            with step_path(name):
+        for name, (path, step) in steps.items():
+            with step_path(path):
                 _sync(device)
                 t = time.perf_counter()
                 step()
                 _sync(device)
                 if r:
                     times[name].append(time.perf_counter() - t)
-    out = {"batch_size": batch_size, "rounds": rounds}
+                elif name == "compiled":
+                    compile_seconds = time.perf_counter() - t
+    out: dict = {"batch_size": batch_size, "rounds": rounds}
     for name, ts in times.items():
         out[name] = {"img_per_s_median": batch_size / statistics.median(ts), "img_per_s_best": batch_size / min(ts)}
     out["speedup_median"] = out["lossless"]["img_per_s_median"] / out["before"]["img_per_s_median"]
     out["speedup_best"] = out["lossless"]["img_per_s_best"] / out["before"]["img_per_s_best"]
+    if compiled:
+        out["compiled"]["compile_seconds"] = compile_seconds
+        out["compiled_vs_lossless_median"] = (out["compiled"]["img_per_s_median"]
+                                              / out["lossless"]["img_per_s_median"])
     return out
 
 
@@ -332,7 +345,9 @@ def run_train_bench(device_name: str = "auto", out: str | None = None, quick: bo
             paths.append({"model": model["name"], "precision": "bf16+channels_last", **r})
             print(f"{model['name']:<44} before {r['before']['img_per_s_median']:7.0f} img/s, now "
                   f"{r['lossless']['img_per_s_median']:7.0f} img/s (median of {r['rounds']} steps each, in turns): "
-                  f"{r['speedup_median']:.2f}x (best steps: {r['speedup_best']:.2f}x)", file=sys.stderr)
+                  f"{r['speedup_median']:.2f}x (best steps: {r['speedup_best']:.2f}x); torch.compile "
+                  f"{r['compiled']['img_per_s_median']:7.0f} img/s, {r['compiled_vs_lossless_median']:.2f}x the "
+                  f"eager step", file=sys.stderr)
     result = {
         "benchmark": "train", "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "cpu": cpu_name(mark_amx=True), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -141,10 +141,13 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
                                         for row in t1.best_rows(r, m)]}
     if args.name == "screen":
         from .experiments import screen as sc
-        r = sc.screen(cfg, **seeds, epochs=args.screen_epochs, pilot_seeds=args.pilot_seeds,
+        recipes = None if args.recipes is None else sc.chosen_recipes(args.recipes.split(","))
+        r = sc.screen(cfg, recipes, **seeds, epochs=args.screen_epochs, pilot_seeds=args.pilot_seeds,
                       finalists=args.finalists)
         r["command"] = (f"lossless experiment screen --profile {cfg['profile']} --seeds {r['seeds']} --pilot-seeds "
                         f"{args.pilot_seeds} --finalists {args.finalists}"
+                        + (f" --recipes {args.recipes}" if args.recipes else "")
+                        + (f" --out {args.out}" if args.out else "")
                         + (f" --screen-epochs {args.screen_epochs}" if args.screen_epochs is not None else "")
                         + "".join(f" {kv}" for kv in args.overrides or []))
         out = write_record(r, "screen", cfg["profile"], args.out)
@@ -266,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--strategies", default=None,
                     help="active: the strategies, comma-separated (default: all but methods-intersection, which "
                          "needs ensemble_models' runs pretrained; random is always among them)")
+    ex.add_argument("--recipes", default=None,
+                    help="screen: the recipes to run beside the profile's own, comma-separated (default: all)")
     ex.add_argument("--screen-epochs", type=int, default=None,
                     help="screen: pretraining epochs of every recipe (default: the profile's ssl_epochs)")
     ex.add_argument("--pilot-seeds", type=int, default=1,

@@ -393,6 +393,63 @@ def test_a_recipe_is_adopted_for_a_gain_on_one_validation_probe_and_a_loss_on_ne
     assert sc.taken(result, config.load_profile("smoke", crop_scale_min=0.2)) is None
 
 
+def test_the_study_read_across_rounds_names_the_levers_by_their_verdicts():
+    """Two hand-made rounds, each against its own reference: a lever "moved" the features only
+    where a recipe's paired interval on a validation probe is a gain (not a positive mean at one
+    seed); the best reached is by test linear probe among recipes run on every seed; --recipes
+    keeps the profile's recipe first and refuses an unknown name. Fails if a one-seed recipe's
+    positive mean counts as a gain, or if the rounds' references are mixed."""
+    from lossless.experiments import screen as sc
+
+    def round_(diffs, seeds=3, test=None):
+        base = [0.70, 0.72, 0.74]
+        test = test or {}
+        return {"reference": "profile", "seeds": seeds, "time": "t",
+                "recipes": {n: {"what": n, "overrides": {}} for n in diffs},
+                "runs": {n: [{"seed": s, "linear_val": base[s] + d, "knn_val": base[s] + d}
+                             for s, d in enumerate(ds)] for n, ds in diffs.items()},
+                "summary": {n: {"seeds": len(ds), "linear_test": {"mean": test.get(n, 0.7)},
+                                "knn_test": {"mean": test.get(n, 0.7) - 0.01}}
+                            for n, ds in diffs.items()}}
+    one = round_({"profile": [0, 0, 0], "lars-eta-0.01": [0.02, 0.025, 0.015],
+                  "epochs-27": [0.01, -0.01, 0.005], "no-blur": [0.05]},
+                 test={"lars-eta-0.01": 0.79, "no-blur": 0.99})
+    two = round_({"profile": [0, 0, 0], "lars-eta-0.02": [-0.02, -0.03, -0.025]}, test={"profile": 0.80})
+    rows = {r["recipe"]: r for r in sc.lever_rows([one, two])}
+    assert rows["lars-eta-0.01"]["_gains"] == ["linear_val", "knn_val"] and rows["lars-eta-0.01"]["round"] == 1
+    assert rows["no-blur"]["_gains"] == [] and rows["no-blur"]["seeds"] == 1       # one seed: no verdict
+    assert rows["lars-eta-0.02"]["_gains"] == [] and rows["lars-eta-0.02"]["round"] == 2
+    assert "a loss" in rows["lars-eta-0.02"]["validation k-NN"]                      # against round 2's profile
+    said = sc.levers_sentence([one, two])
+    moved, neither = said.split("What moved neither")
+    assert "lars-eta-0.01" in moved and "epochs-27" in neither and "no-blur at 1 seed" in neither
+    assert "lars-eta-0.02" in neither and "no-blur" not in moved
+    top = sc.best_reached([one, two])                      # no-blur's 0.99 is one seed: not counted
+    assert (top["recipe"], top["record"]) == ("profile", two) and top["linear_test"] == 0.80
+    assert list(sc.chosen_recipes(["lars-eta-0.02", "profile"])) == ["profile", "lars-eta-0.02"]
+    with pytest.raises(config.ConfigError, match="unknown recipe.*nope"):
+        sc.chosen_recipes(["nope"])
+
+
+def test_table1_marks_the_papers_rows_no_measured_row_stands_for():
+    """The paper reports BYOL on ResNet-18 and ResNet-34: measured on one network only, the other
+    gets a "not run" row with the paper's figure; Barlow Twins (one paper row, on ResNet-34)
+    measured on the profile's network stands for it and gets none; twice adds nothing; with
+    both BYOL networks measured, nothing is added. Fails if a row is matched by method alone."""
+    from lossless.experiments import table1 as t1
+
+    def row(net, method):
+        return {"network": net, "method": method, "fine-tuned": "70%"}
+    rows = [row("ResNet-18, width 0.25", m) for m in ("Barlow Twins", "SimCLR", "BYOL", "SwAV")]
+    out = t1.with_unrun(rows)
+    added = out[len(rows):]
+    assert [(r["network"], r["method"], r[t1.PAPER_COLUMN]) for r in added] == [("ResNet-34", "BYOL", "19%")]
+    assert added[0]["fine-tuned"].startswith("not run") and "byol:resnet34" in added[0]["fine-tuned"]
+    assert t1.with_unrun(out) == out
+    both = rows + [row("ResNet-34, width 0.25", "BYOL")]
+    assert t1.with_unrun(both) == both
+
+
 def test_architecture_comparisons_pair_seeds_against_the_reference():
     """Hand-made record: differences against the first network are paired by seed (a network
     missing a seed is paired on the shared ones), the rounds' total change is last minus start."""
@@ -470,3 +527,12 @@ def test_the_length_rule_reads_whether_a_curve_has_flattened():
     assert [r["the curve"] for r in rows] == ["still rising", "flattened"] and rows[1]["run"] == "b"
     with pytest.raises(ValueError, match="no validation k-NN"):
         t1.course([{"epoch": 1, "knn_val": None}])
+
+
+def test_screen_cli_refuses_an_unknown_recipe_in_one_line_before_training(tmp_path, capsys):
+    from lossless.cli import main
+    assert main(["experiment", "screen", "--profile", "smoke", "--quiet", "--recipes", "lars-eta-0.02,nope",
+                 f"runs_dir={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown recipe(s) ['nope']" in err and "lars-eta-0.02" in err
+    assert not (tmp_path / "runs").exists()                    # nothing trained, nothing written

@@ -44,7 +44,21 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "crop-0.5": ("milder crops (at least half the image, not a fifth)", {"crop_scale_min": 0.5}),
     "lars-eta-0.01": ("LARS trust coefficient 0.01 (10x): each weight matrix moves ten times further a step, "
                       "lr x eta = 0.006 as in solo-learn's CIFAR Barlow Twins (0.3 x 0.02)", {"ssl_lars_eta": 0.01}),
+    "lars-eta-0.02": ("LARS trust coefficient 0.02: each weight matrix moves twice as far a step as at 0.01 "
+                      "(lr x eta = 0.012)", {"ssl_lars_eta": 0.02}),
+    "resnet18-width-0.375": ("a wider network for the whole schedule: ResNet-18 at 3/8 width (192 features; "
+                             "1.5x the channels, 2.25x the backbone's multiply-adds)", {"width": 0.375}),
 }
+
+
+def chosen_recipes(names: list[str]) -> dict[str, tuple[str, dict]]:
+    """The profile's own recipe (the reference) and the named ones, in that order; an unknown
+    name is a one-line error listing the known ones."""
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise config_mod.ConfigError(f"--recipes: unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
+    reference = next(iter(RECIPES))
+    return {reference: RECIPES[reference], **{n: RECIPES[n] for n in names if n != reference}}
 METRICS = ("linear_val", "knn_val", "linear_test", "knn_test")
 METRIC_NAMES = {"linear_val": "validation linear probe", "knn_val": "validation k-NN",
                 "linear_test": "test linear probe", "knn_test": "test k-NN"}
@@ -199,3 +213,66 @@ def rows(result: Mapping[str, Any]) -> list[dict]:
                     "minus the profile: val linear (points)": diff("linear_val"),
                     "minus the profile: val k-NN (points)": diff("knn_val"), "minutes": s["minutes"]})
     return out
+
+
+# What each recipe changes, for reading the study as a whole: which lever moved the features.
+LEVERS = {"epochs-27": "length", "batch-128": "length",
+          "resnet10-width-0.5": "size", "projector-512": "size", "resnet18-width-0.375": "size",
+          "no-blur": "views", "crop-0.5": "views",
+          "weight-decay-3e-5": "step", "lars-eta-0.01": "step", "lars-eta-0.02": "step"}
+LEVER_WORDS = {"length": "more training (more epochs, or more and smaller steps)",
+               "size": "another size of network or projector",
+               "views": "milder views", "step": "the optimiser's step",
+               "other": "other changes"}
+
+
+def lever_rows(records: list[Mapping[str, Any]]) -> list[dict]:
+    """One row per recipe of every study round (each against its own round's reference), in
+    the order of :data:`LEVER_WORDS`: the lever it pulls, its seeds, and the verdict of its paired
+    difference on each validation probe."""
+    out = []
+    for i, rec in enumerate(records, 1):
+        for name in rec["recipes"]:
+            if name == rec["reference"]:
+                continue
+            cs = {m: comparison(rec, name, m) for m in PROBES}
+            out.append({"lever": LEVERS.get(name, "other"), "round": i, "recipe": name,
+                        "what it changes": rec["recipes"][name]["what"], "seeds": cs["knn_val"].n,
+                        **{f"{METRIC_NAMES[m]}": f"{c.number()}: {c.verdict()}" for m, c in cs.items()},
+                        "_gains": [m for m, c in cs.items() if c.verdict() == "a gain"]})
+    order = list(LEVER_WORDS)
+    return sorted(out, key=lambda r: (order.index(r["lever"]), r["round"]))
+
+
+def levers_sentence(records: list[Mapping[str, Any]]) -> str:
+    """Which levers the study's rounds pulled and which of them moved a validation probe, worded
+    from the verdicts of :func:`lever_rows`: "The optimiser's step moved them (lars-eta-0.01:
+    validation k-NN a gain); more training, ... did not (no gain either interval shows)"."""
+    rows_ = lever_rows(records)
+    moved, still = {}, {}
+    for r in rows_:
+        (moved if r["_gains"] else still).setdefault(r["lever"], []).append(r)
+    parts = []
+    if moved:
+        parts.append("what moved a validation probe: " + "; ".join(
+            f"{LEVER_WORDS[lv]} ({', '.join(r['recipe'] + ', ' + ' and '.join(METRIC_NAMES[m] for m in r['_gains']) + ' a gain' for r in rs)})"
+            for lv, rs in moved.items()))
+    if still:
+        parts.append("what moved neither (no gain an interval shows, or one seed only): " + "; ".join(
+            f"{LEVER_WORDS[lv]} ({', '.join(r['recipe'] + (' at 1 seed' if r['seeds'] < 2 else '') for r in rs)})"
+            for lv, rs in still.items()))
+    return ". ".join(p[0].upper() + p[1:] for p in parts) + "." if parts else "The study has no recipe besides the profile's."
+
+
+def best_reached(records: list[Mapping[str, Any]]) -> dict:
+    """The recipe, among those run on every seed of their round, with the highest mean test
+    linear probe over all rounds (reported, never used to choose), and its test probes."""
+    best = None
+    for rec in records:
+        for name, s in rec["summary"].items():
+            if s["seeds"] < rec["seeds"]:
+                continue
+            if best is None or s["linear_test"]["mean"] > best["linear_test"]:
+                best = {"recipe": name, "record": rec, "seeds": s["seeds"],
+                        "linear_test": s["linear_test"]["mean"], "knn_test": s["knn_test"]["mean"]}
+    return best

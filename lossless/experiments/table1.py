@@ -122,6 +122,27 @@ def table1(result: Mapping[str, Any], extra: Sequence[Mapping[str, Any]] = ()) -
     return rows + [dict(e) for e in extra]
 
 
+def with_unrun(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Table 1's rows and one row for each of the paper's rows that no measured row stands for:
+    where the paper reports a method on more networks than the rows measure it on, each of its
+    networks that no measured row's network names is marked "not run", with the setting that
+    runs it. (A method measured on one network stands for the paper's row of that method, as
+    Barlow Twins on the profile's network stands for the paper's ResNet-34 row.) Applying it
+    twice adds nothing."""
+    out = [dict(r) for r in rows]
+    for key, name in NAMES.items():
+        paper = [(net, acc) for net, m, acc in PAPER_TABLE1 if m == key]
+        mine = [r for r in out if r["method"] == name]
+        if not mine or len(paper) <= len(mine):
+            continue
+        for net, acc in paper:
+            if not any(str(r["network"]).startswith(NETWORKS[net]) for r in mine):
+                out.append({"network": NETWORKS[net], "method": name, "k-NN probe": "not run",
+                            "linear probe": "not run", "fine-tuned": f"not run: compare_methods=...,{key}:{net}",
+                            "seeds": 0, "pretraining minutes": None, PAPER_COLUMN: acc})
+    return out
+
+
 def comparison(result: Mapping[str, Any], a: str, b: str, measure: str = "finetune") -> Comparison:
     """Run ``a`` minus run ``b`` (keys of ``result["runs"]``) on ``measure`` (finetune,
     linear_probe or knn_probe, test accuracy), paired over the labelled sets both measured."""
