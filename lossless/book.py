@@ -181,14 +181,29 @@ def book_dir(profile: str, params: Mapping[str, Any], root: Path = ROOT) -> Path
     return runs.runs_root(cfg) / f"book-{Path(str(profile)).stem}-{digest}"
 
 
+def records_read(text: str, profile: str) -> list[Path]:
+    """The committed records a chapter's source reads for ``profile``: those it names to
+    :func:`read_record` (``"screen-round2"``) or by file name (``train-cpu.json``), and the
+    claims record when it calls ``book_run``."""
+    out = []
+    for f in sorted(RECORDS.glob(f"*-{profile}.json")):
+        name = f.stem[: -len(profile) - 1]
+        if f.name in text or f'"{name}"' in text or (name == "claims" and "book_run(" in text):
+            out.append(f)
+    return out
+
+
 def _key(md: Path, profile: str, params: Mapping[str, Any], before: str = "") -> str:
-    """A chapter's cache key: its source, the package's code (:func:`package_digest`), the profile
+    """A chapter's cache key: its source, the package's code (:func:`package_digest`), the
+    records it reads (:func:`records_read`: a remade record reruns the chapters that show it), the profile
     and parameters, and ``before``: the key and
     the time record of the chapter before it. A chapter therefore reruns whenever the one before
     it changed or ran again, and so on down the book: later chapters load the earlier ones' runs,
     and the performance appendix reports their times."""
     h = hashlib.sha1(md.read_bytes())
     h.update(package_digest().encode())
+    for f in records_read(md.read_text(), profile):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     h.update(json.dumps({"profile": profile, **params}, sort_keys=True, default=str).encode())
     h.update(before.encode())
     return h.hexdigest()

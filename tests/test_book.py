@@ -241,6 +241,29 @@ def test_a_chapter_reruns_when_an_earlier_one_changed(tmp_path):
     assert book._key(b, "cpu", {}, "x") == book._key(b, "cpu", {}, "x")
 
 
+def test_a_chapter_reruns_when_a_record_it_reads_is_remade(tmp_path, monkeypatch):
+    """A chapter that shows a committed record (by read_record's name or its file name) reruns
+    when that record changes, not when another profile's or an unread record does. Fails if the
+    key leaves records out (a remade study would leave the Barlow Twins chapter's sentences stale)."""
+    records = tmp_path / "results"
+    records.mkdir()
+    for name in ("screen-round2-cpu", "screen-cpu", "other-cpu", "screen-round2-smoke", "train-cpu"):
+        (records / f"{name}.json").write_text("{}")
+    monkeypatch.setattr(book, "RECORDS", records)
+    md = tmp_path / "a.md"
+    md.write_text('# A\n\n```python\nbook.read_record("screen-round2", p)\nread("train-cpu.json")\n```\n')
+    assert [f.name for f in book.records_read(md.read_text(), "cpu")] == ["screen-round2-cpu.json", "train-cpu.json"]
+    key = book._key(md, "cpu", {})
+    for name in ("other-cpu", "screen-round2-smoke", "screen-cpu"):  # not read on this profile
+        (records / f"{name}.json").write_text('{"x": 1}')
+    assert book._key(md, "cpu", {}) == key
+    (records / "screen-round2-cpu.json").write_text('{"remade": true}')
+    assert book._key(md, "cpu", {}) != key
+    changed = book._key(md, "cpu", {})
+    (records / "train-cpu.json").write_text('{"remade": true}')
+    assert book._key(md, "cpu", {}) != changed
+
+
 def test_a_chapter_reruns_when_the_package_changed(tmp_path, monkeypatch):
     """The key covers the package's code: an edited function (or profile) reruns the chapters,
     a byte-identical package does not."""
