@@ -59,6 +59,8 @@ def chosen_recipes(names: list[str]) -> dict[str, tuple[str, dict]]:
         raise config_mod.ConfigError(f"--recipes: unknown recipe(s) {unknown}; known: {', '.join(RECIPES)}")
     reference = next(iter(RECIPES))
     return {reference: RECIPES[reference], **{n: RECIPES[n] for n in names if n != reference}}
+
+
 METRICS = ("linear_val", "knn_val", "linear_test", "knn_test")
 METRIC_NAMES = {"linear_val": "validation linear probe", "knn_val": "validation k-NN",
                 "linear_test": "test linear probe", "knn_test": "test k-NN"}
@@ -246,21 +248,20 @@ def lever_rows(records: list[Mapping[str, Any]]) -> list[dict]:
 
 def levers_sentence(records: list[Mapping[str, Any]]) -> str:
     """Which levers the study's rounds pulled and which of them moved a validation probe, worded
-    from the verdicts of :func:`lever_rows`: "The optimiser's step moved them (lars-eta-0.01:
-    validation k-NN a gain); more training, ... did not (no gain either interval shows)"."""
-    rows_ = lever_rows(records)
+    from the verdicts of :func:`lever_rows`: "What moved a validation probe: the optimiser's
+    step (lars-eta-0.01, validation k-NN a gain). What moved neither (...): more training
+    (epochs-27, batch-128 at 1 seed); ..."."""
     moved, still = {}, {}
-    for r in rows_:
-        (moved if r["_gains"] else still).setdefault(r["lever"], []).append(r)
-    parts = []
-    if moved:
-        parts.append("what moved a validation probe: " + "; ".join(
-            f"{LEVER_WORDS[lv]} ({', '.join(r['recipe'] + ', ' + ' and '.join(METRIC_NAMES[m] for m in r['_gains']) + ' a gain' for r in rs)})"
-            for lv, rs in moved.items()))
-    if still:
-        parts.append("what moved neither (no gain an interval shows, or one seed only): " + "; ".join(
-            f"{LEVER_WORDS[lv]} ({', '.join(r['recipe'] + (' at 1 seed' if r['seeds'] < 2 else '') for r in rs)})"
-            for lv, rs in still.items()))
+    for r in lever_rows(records):
+        if r["_gains"]:
+            said = f"{r['recipe']}, {' and '.join(METRIC_NAMES[m] for m in r['_gains'])} a gain"
+            moved.setdefault(r["lever"], []).append(said)
+        else:
+            still.setdefault(r["lever"], []).append(r["recipe"] + (" at 1 seed" if r["seeds"] < 2 else ""))
+    parts = [f"{head}: " + "; ".join(f"{LEVER_WORDS[lv]} ({', '.join(said)})" for lv, said in group.items())
+             for head, group in (("what moved a validation probe", moved),
+                                 ("what moved neither (no gain an interval shows, or one seed only)", still))
+             if group]
     return ". ".join(p[0].upper() + p[1:] for p in parts) + "." if parts else "The study has no recipe besides the profile's."
 
 
