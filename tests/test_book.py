@@ -129,6 +129,13 @@ def test_smoke_book_builds_and_renders(tmp_path):
         nb = jupytext.read(executed)
         streams = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "stream"]
         assert not [o for o in streams if o.get("name") == "stderr"], f"{executed.name} keeps stderr (progress bars)"
+        # {glue:text} prints a glued string as it is: a backtick in it shows on the page
+        glued = {o["metadata"]["scrapbook"]["name"]: "".join(v for m, v in o["data"].items()
+                                                             if m.endswith("text/plain"))
+                 for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                 if o.get("metadata", {}).get("scrapbook")}
+        assert glued or executed.stem in ("intro",), f"{executed.name}: no glued values found"
+        assert not [k for k, v in glued.items() if "`" in v], f"{executed.name}: backticks in glued text"
     for md in [ROOT / f"{f}.md" for f in book.toc_files(ROOT)]:
         page = html / "book" / f"{md.stem}.html"
         dom = subprocess.run(
