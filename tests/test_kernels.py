@@ -143,3 +143,45 @@ def test_unequal_views_are_refused_inside_a_shared_pass():
     bn = BatchNorm1d(3)
     with per_view_statistics(2), pytest.raises(ValueError, match="equal views"):
         bn(torch.zeros(5, 3))
+
+
+STRIDED_1X1 = """
+import torch
+from torch import nn
+from lossless import kernels
+torch.set_num_threads(2)  # the corruption needs more than one thread
+torch.manual_seed(0)
+for batch in (3, 57):
+    for _ in range(10):
+        conv = kernels.Conv2d(8, 16, 1, stride=2, bias=False).to(memory_format=torch.channels_last)
+        ref = nn.Conv2d(8, 16, 1, stride=2, bias=False)
+        ref.load_state_dict(conv.state_dict())
+        x = torch.randn(batch, 8, 16, 16)
+        xl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+        xr = x.clone().requires_grad_()
+        y, yr = conv(xl), ref(xr)
+        dy = torch.randn_like(yr)
+        (y * dy).sum().backward()
+        (yr * dy).sum().backward()
+        torch.testing.assert_close(y, yr)
+        torch.testing.assert_close(xl.grad, xr.grad)
+        torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
+        scratch = [torch.randn(1000) for _ in range(100)]  # allocations that meet a corrupted heap
+print("ok")
+"""
+
+
+def test_a_strided_1x1_convolution_on_few_channels_and_an_odd_batch_runs_and_matches(tmp_path):
+    """oneDNN's weight gradient of a strided 1 x 1 convolution on a channels-last CPU input with
+    8 channels, an odd batch and two threads corrupted memory (a segmentation fault in a pseudo-label round of
+    ResNet-18 at width 0.125); kernels.Conv2d subsamples first. Run in a process of its own, so
+    that the crash it guards is a failure here, not a lost worker; the gradients must match the
+    stock layer on a contiguous input. Fails (signal 11 or 6) without the subsampling."""
+    import os
+    import subprocess
+    import sys
+    script = tmp_path / "strided.py"
+    script.write_text(STRIDED_1X1)
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
