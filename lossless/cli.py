@@ -155,6 +155,9 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     if args.name == "architectures":
         from .experiments import architectures as ar
         r = ar.architectures(cfg, **seeds)
+        r["command"] = (f"lossless experiment architectures --profile {cfg['profile']} --seeds {r['seeds']}"
+                        + (f" --out {args.out}" if args.out else "")
+                        + "".join(f" {kv}" for kv in args.overrides or []))
         out = write_record(r, "architectures", cfg["profile"], args.out)
         return {"written_to": str(out), "rows": ar.rows(r), "rounds": ar.round_rows(r)}
     if args.name == "section4":

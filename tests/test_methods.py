@@ -485,6 +485,7 @@ def test_the_architecture_experiment_counts_what_each_round_forgot(tmp_path):
     exactly the change of the round's validation accuracy (the stored predictions are the ones
     the rounds were scored with), and the summary's paired change is their mean."""
     from lossless.experiments import architectures as ar
+    from lossless.experiments import table1 as t1
     from lossless.models import build_backbone
     cfg = smoke(tmp_path, "arch", pl_rounds="5,5")
     r = ar.architectures(cfg, "resnet18,resnet10", seeds=2)
@@ -502,6 +503,10 @@ def test_the_architecture_experiment_counts_what_each_round_forgot(tmp_path):
         assert s["val_change"]["mean"] == pytest.approx(
             np.mean([x["rounds"][1]["val"] - x["rounds"][0]["val"] for x in net["seeds"]]))
         assert s["forgotten"]["mean"] == pytest.approx(np.mean([x["forgetting"][0]["forgotten"] for x in net["seeds"]]))
+        # the record keeps each network's own pretraining curve, for the length rule
+        assert [h["epoch"] for h in net["history"]] == list(range(1, cfg["compare_epochs"] + 1))
+        assert t1.course(net["history"])["epochs"] == cfg["compare_epochs"]
+    assert a["history"] != b["history"]
     with pytest.raises(config.ConfigError, match="networks"):
         ar.architectures(cfg, "resnet50", seeds=1)
 

@@ -123,7 +123,9 @@ def architectures(cfg: Mapping[str, Any], networks: str | None = None, seeds: in
         per_seed = [one_seed(c, s, path) for s in range(seeds)]
         out["networks"][key] = {"network": label(c), "backbone": c["backbone"], "width": c["width"], **cost(c),
                                 "img_per_s": pre.get("img_per_s"), "pretraining_minutes": (pre.get("train_seconds") or 0) / 60,
-                                "pretraining_run": pre["run"], "seeds": per_seed, "summary": summarise(per_seed)}
+                                "pretraining_run": pre["run"], "seeds": per_seed, "summary": summarise(per_seed),
+                                # validation k-NN after every epoch, for the length rule (table1.course)
+                                "history": runs.read_jsonl(Path(pre["run"]) / "metrics.jsonl")}
     out["wall_seconds"] = time.perf_counter() - start  # with whatever runs were loaded, not trained
     return out
 
