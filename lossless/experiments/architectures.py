@@ -51,7 +51,8 @@ def network_cfg(cfg: Mapping[str, Any], name: str, width: float | None) -> confi
 
 
 def label(cfg: Mapping[str, Any]) -> str:
-    return f"{NETWORKS.get(cfg['backbone'], cfg['backbone'])}, width {cfg['width']:g}"
+    """"ResNet-18 at width 0.25": no comma, so a list of networks reads as one."""
+    return f"{NETWORKS.get(cfg['backbone'], cfg['backbone'])} at width {cfg['width']:g}"
 
 
 @torch.no_grad()
