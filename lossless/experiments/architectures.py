@@ -4,10 +4,11 @@ forgetting during the pseudo-label rounds.
 The paper: "the performance between ResNet and VGG were comparable", and "smaller architectures
 capped at lower accuracy as well as showed the tendency for catastrophic forgetting while in
 the pseudo-labeling phase ... each iteration in the pseudo labeling phase showed a drop in the
-accuracy on the validation set". Here every network pretrains with Barlow Twins at the equal
-short budget of the methods comparison (``compare_epochs``, the same images, batch and
-optimiser: for the profile's own network it is that comparison's Barlow Twins run), then on each
-seed's labelled set: k-NN and linear probes of the frozen features, fine-tuning, and the
+accuracy on the validation set". Here every network pretrains with Barlow Twins for one equal
+budget, the methods comparison's (``compare_epochs``, the same images, batch and optimiser: for
+the profile's own network it is that comparison's Barlow Twins run; the committed cpu record
+sets it to the main line's length and keeps each network's curve for the length rule,
+``table1.course``), then on each seed's labelled set: k-NN and linear probes of the frozen features, fine-tuning, and the
 pseudo-label rounds (the global rule). Per network: parameters, FLOPs per image (one forward
 pass, counted by ``torch.utils.flop_counter``), pretraining images per second, and per round
 the validation and test accuracy and the forgetting counts on the validation images (right
