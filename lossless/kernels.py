@@ -85,10 +85,11 @@ def subsamples(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """Whether :class:`Conv2d` runs this strided 1 x 1 convolution as a subsampling followed by
     a stride-1 one (the same sums): on a CPU, oneDNN's weight gradient of a strided 1 x 1
     convolution on a channels-last input corrupts memory when the input has a number of
-    channels that is not a multiple of 16 and the batch is odd (torch 2.14.1, AVX-512; seen as
-    a segmentation fault in a pseudo-label round of ResNet-18 at width 0.125, whose first
-    shortcut takes 8 channels). Only there: on 16, 32 or 64 channels (the cpu profile's) the stock
-    kernel is sound and about 4% faster for a whole training step."""
+    channels that is not a multiple of 16, the batch is odd and two threads run it (torch
+    2.14.1 on an AMD EPYC with AVX-512; seen as a segmentation fault in a pseudo-label round
+    of ResNet-18 at width 0.125, whose first shortcut takes 8 channels). Only there: on 16, 32
+    or 64 channels (the cpu profile's) the stock kernel is sound and about 4% faster for a
+    whole training step."""
     return (x.device.type == "cpu" and conv.kernel_size == (1, 1) and conv.stride != (1, 1)
             and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.in_channels % 16 != 0)
 

@@ -173,8 +173,8 @@ print("ok")
 
 def test_a_strided_1x1_convolution_on_few_channels_and_an_odd_batch_runs_and_matches(tmp_path):
     """oneDNN's weight gradient of a strided 1 x 1 convolution on a channels-last CPU input with
-    8 channels, an odd batch and two threads corrupted memory (a segmentation fault in a pseudo-label round of
-    ResNet-18 at width 0.125); kernels.Conv2d subsamples first. Run in a process of its own, so
+    8 channels, an odd batch and two threads corrupted memory (a segmentation fault in a
+    pseudo-label round of ResNet-18 at width 0.125); kernels.Conv2d subsamples first. Run in a process of its own, so
     that the crash it guards is a failure here, not a lost worker; the gradients must match the
     stock layer on a contiguous input. Fails (signal 11 or 6) without the subsampling."""
     import os
