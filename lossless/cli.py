@@ -112,6 +112,26 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         f"{n}_ece": result[f"{n}_report"]["calibration"]["ece"] for n in ("val", "test") if f"{n}_report" in result}
 
 
+# the experiment subcommand's flags (besides --seeds, --profile and --quiet), as experiment_command writes them
+EXPERIMENT_FLAGS = (("strategies", "--strategies"), ("recipes", "--recipes"), ("screen_epochs", "--screen-epochs"),
+                    ("pilot_seeds", "--pilot-seeds"), ("finalists", "--finalists"), ("out", "--out"),
+                    ("record", "--record"), ("all_rules", "--all-rules"), ("fixmatch_seeds", "--fixmatch-seeds"))
+
+
+def experiment_command(args: argparse.Namespace, seeds: int) -> str:
+    """The command that remakes an experiment's record, as its record keeps it: the experiment,
+    the profile, the seeds it ran, every flag given away from its default, the key=value
+    overrides (not ``--quiet``, which changes no result)."""
+    import shlex
+    default = vars(parse_args(["experiment", args.name]))
+    parts = ["lossless", "experiment", args.name, "--profile", args.profile, "--seeds", str(seeds)]
+    for dest, flag in EXPERIMENT_FLAGS:
+        value = getattr(args, dest)
+        if value != default[dest]:
+            parts += [flag] if value is True else [flag, str(value)]
+    return shlex.join(parts + list(args.overrides or []))
+
+
 def cmd_experiment(args: argparse.Namespace) -> dict:
     from .book import write_record
     cfg = _config(args)
@@ -123,9 +143,7 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         r = ex.experiment(cfg, **seeds, **strategies)
         if args.record:  # the record a chapter shows: the paper's intersection has its own
             name = "active-methods" if ex.ACROSS in r["strategies"] else "active"
-            r["command"] = (f"lossless experiment active --profile {cfg['profile']} --seeds {len(r['seeds'])}"
-                            + (f" --strategies {args.strategies}" if args.strategies else "") + " --record"
-                            + "".join(f" {kv}" for kv in args.overrides or []))
+            r["command"] = experiment_command(args, len(r["seeds"]))
             # the chapters read the rounds; the requested images stay in the run folder's request files
             slim = {**r, "seeds": [{**s, "strategies": {k: {"rounds": v["rounds"]} for k, v in s["strategies"].items()}}
                                    for s in r["seeds"]]}
@@ -144,28 +162,20 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
         recipes = None if args.recipes is None else sc.chosen_recipes(args.recipes.split(","))
         r = sc.screen(cfg, recipes, **seeds, epochs=args.screen_epochs, pilot_seeds=args.pilot_seeds,
                       finalists=args.finalists)
-        r["command"] = (f"lossless experiment screen --profile {cfg['profile']} --seeds {r['seeds']} --pilot-seeds "
-                        f"{args.pilot_seeds} --finalists {args.finalists}"
-                        + (f" --recipes {args.recipes}" if args.recipes else "")
-                        + (f" --out {args.out}" if args.out else "")
-                        + (f" --screen-epochs {args.screen_epochs}" if args.screen_epochs is not None else "")
-                        + "".join(f" {kv}" for kv in args.overrides or []))
+        r["command"] = experiment_command(args, r["seeds"])
         out = write_record(r, "screen", cfg["profile"], args.out)
         return {"written_to": str(out), "best_by_validation": r["best_by_validation"], "rows": sc.rows(r)}
     if args.name == "architectures":
         from .experiments import architectures as ar
         r = ar.architectures(cfg, **seeds)
-        r["command"] = (f"lossless experiment architectures --profile {cfg['profile']} --seeds {r['seeds']}"
-                        + (f" --out {args.out}" if args.out else "")
-                        + "".join(f" {kv}" for kv in args.overrides or []))
+        r["command"] = experiment_command(args, r["seeds"])
         out = write_record(r, "architectures", cfg["profile"], args.out)
         return {"written_to": str(out), "rows": ar.rows(r), "rounds": ar.round_rows(r)}
     if args.name == "section4":
         from .experiments import ensembles as en
         from .experiments.table1 import course as t1_course
         r = en.section4(cfg, **seeds)
-        r["command"] = (f"lossless experiment section4 --profile {cfg['profile']} --seeds {r['seeds']}"
-                        + "".join(f" {kv}" for kv in args.overrides or []))
+        r["command"] = experiment_command(args, r["seeds"])
         out = write_record(r, "section4", cfg["profile"], args.out)
         return {"written_to": str(out), "table1": r["ensembles"]["table1"],
                 "courses": {k: t1_course(h) for k, h in r["histories"].items()}}
@@ -178,6 +188,7 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     r = claims(cfg, **seeds, all_rules=args.all_rules,
                fixmatch_seeds=args.fixmatch_seeds)
     if args.record:  # the record the results chapter shows beside its own, shorter run
+        r["command"] = experiment_command(args, len(r["seeds"]))
         r["written_to"] = str(write_record({k: v for k, v in r.items() if k != "written_to"}, "claims",
                                            cfg["profile"], args.out))
     return {"written_to": r["written_to"], "summary": r["summary"], "comparisons": difference_rows(r)}
@@ -350,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow options that come after another positional argument
@@ -359,6 +371,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     func: Callable[[argparse.Namespace], dict] = args.func
     try:
         result = func(args)
