@@ -530,6 +530,9 @@ def test_the_length_rule_reads_whether_a_curve_has_flattened():
     assert p["flat"] and p["best_epoch"] == 4 and p["last"] == 0.751
     rows = t1.course_rows({"a": rising, "b": flat}, {"a": "A"})
     assert [r["the curve"] for r in rows] == ["still rising", "flattened"] and rows[1]["run"] == "b"
+    assert t1.course_words(rows) == ("b flattened; A still rising", ["A"])
+    assert t1.course_words(t1.course_rows({"a": rising}, {})) == ("none flattened; a still rising", ["a"])
+    assert t1.course_words(t1.course_rows({"b": flat, "c": peaked}, {})) == ("b, c flattened", [])
     with pytest.raises(ValueError, match="no validation k-NN"):
         t1.course([{"epoch": 1, "knn_val": None}])
 
