@@ -300,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="claims: also the balanced, threshold and gradual pseudo-label rules and the "
                          "supervised-only control")
     ex.add_argument("--fixmatch-seeds", type=int, default=0,
-                    help="claims: FixMatch on the first N seeds (each about as long as pretraining)")
+                    help="claims: FixMatch on the first N seeds (each fm_epochs passes over the pool: "
+                         "minutes a seed on a CPU)")
     _profile_args(ex)
     ex.set_defaults(func=cmd_experiment)
 
