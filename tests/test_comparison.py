@@ -47,6 +47,12 @@ def test_verdicts_of_clear_and_unclear_differences():
     assert open_.verdict() == "undecided at 3 seeds"
     assert same.verdict() == "undecided at 2 seeds"
     assert one.verdict() == "undecided at 1 seed" and one.interval() == tables.DASH
+    # a statement's direction against the verdict: the same interval holds one and refutes the other
+    assert gain.held("a gain") == "held" and gain.held("a loss") == "the opposite held"
+    assert loss.held("a loss") == "held" and loss.held("a gain") == "the opposite held"
+    assert open_.held("a gain") == "not shown (undecided at 3 seeds)" == open_.held("a loss")
+    with pytest.raises(ValueError, match="'a gain' or 'a loss'"):
+        gain.held("gain")
 
 
 def test_paired_uses_only_the_records_that_ran_both_arms_and_keeps_their_seeds():
