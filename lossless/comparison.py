@@ -122,14 +122,19 @@ class Comparison:
             return f"undecided at {self.n} seed" + ("s" if self.n != 1 else "")
         return tables.verdict(self._stats, small=small, reason=reason)
 
-    def held(self, want: str) -> str:
+    def held(self, want: str, why: bool = True) -> str:
         """Whether a statement that ``a`` minus ``b`` is ``want`` ("a gain" or "a loss") held:
         "held" where the verdict is ``want``, "the opposite held" where it is the other,
-        otherwise "not shown (<the verdict>)"."""
+        otherwise "not shown (<the verdict>)" (``why=False``: "not shown", for a table whose
+        verdict stands in a column beside it)."""
         if want not in ("a gain", "a loss"):
             raise ValueError(f"want={want!r}: a statement's direction is 'a gain' or 'a loss'")
         v = self.verdict()
-        return "held" if v == want else "the opposite held" if v in ("a gain", "a loss") else f"not shown ({v})"
+        if v == want:
+            return "held"
+        if v in ("a gain", "a loss"):
+            return "the opposite held"
+        return f"not shown ({v})" if why else "not shown"
 
     def number(self, digits: int = 2) -> str:
         """The mean difference in points: "+1.22"."""

@@ -51,6 +51,7 @@ def test_verdicts_of_clear_and_unclear_differences():
     assert gain.held("a gain") == "held" and gain.held("a loss") == "the opposite held"
     assert loss.held("a loss") == "held" and loss.held("a gain") == "the opposite held"
     assert open_.held("a gain") == "not shown (undecided at 3 seeds)" == open_.held("a loss")
+    assert open_.held("a gain", why=False) == "not shown" and gain.held("a gain", why=False) == "held"
     with pytest.raises(ValueError, match="'a gain' or 'a loss'"):
         gain.held("gain")
 
