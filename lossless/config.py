@@ -93,7 +93,7 @@ def percentages(text) -> list[float]:
 
 
 METHOD_NAMES = ("barlow", "simclr", "byol", "swav")
-BACKBONES = ("resnet34", "resnet18", "resnet10", "vgg16")
+BACKBONES = ("resnet34", "resnet18", "resnet10", "vgg16", "vgg16-5pool")
 
 
 def table1_runs(text) -> list[tuple[str, str | None]]:
@@ -218,7 +218,8 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
     "checkpoint_every_steps": (0, "also checkpoint every N steps inside an epoch (0: each epoch only)",
         NONNEG_INT),
     # --- backbone (paper section 3.2) ---
-    "backbone": ("resnet34", "resnet34 (the paper's) | resnet18 | resnet10 (one block a stage) | vgg16",
+    "backbone": ("resnet34", "resnet34 (the paper's) | resnet18 | resnet10 (one block a stage) | vgg16 (fifth block "
+                 "dropped) | vgg16-5pool (last convolution dropped; with image_size >= 32)",
         choice(*BACKBONES)),
     "width": (1.0, "channel multiplier of every stage (0.25 on a laptop CPU)",
         POSITIVE),

@@ -121,27 +121,34 @@ class ResNet(nn.Module):
 
 
 VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M")
+# the other reading of "dropped the last CNN layer": VGG-16's thirteenth convolution dropped, its
+# five pools kept (the paper resized its images to 84 x 84, which five pools leave at 2 x 2)
+VGG16_5POOL_LAYERS = VGG16_LAYERS + (512, 512, "M")
 
 
 class VGG16(nn.Module):
-    """The Experiments section's VGG-16 variant: 3x3 conv + BN + ReLU stacks, four max-pools, and a
-    single linear layer on the final map (512 x 6 x 6 at 96 px) giving ``feature_dim`` features."""
+    """The Experiments section's VGG-16 variant: 3x3 conv + BN + ReLU stacks, max-pools, and a
+    single linear layer on the final map giving ``feature_dim`` features. ``layers``:
+    :data:`VGG16_LAYERS` (the fifth block dropped: ten convolutions, four pools, 512 x 6 x 6 at
+    96 px) or :data:`VGG16_5POOL_LAYERS` (the last convolution dropped: twelve, five pools)."""
 
     def __init__(self, in_channels: int = 3, image_size: int = 96, width: float = 1.0,
-                 feature_dim: int = FEATURE_DIM):
+                 feature_dim: int = FEATURE_DIM, layers: tuple = VGG16_LAYERS):
         super().__init__()
-        layers, cin = [], in_channels
-        for v in VGG16_LAYERS:
+        stack, cin = [], in_channels
+        for v in layers:
             if v == "M":
-                layers.append(nn.MaxPool2d(2))
+                stack.append(nn.MaxPool2d(2))
             else:
                 cout = max(8, int(round(v * width)))
-                layers += [conv3x3(cin, cout), BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                stack += [conv3x3(cin, cout), BatchNorm2d(cout), nn.ReLU(inplace=True)]
                 cin = cout
-        self.features = nn.Sequential(*layers)
-        side = image_size // 16
+        self.features = nn.Sequential(*stack)
+        pools = layers.count("M")
+        side = image_size // 2 ** pools
         if side < 1:
-            raise ValueError(f"VGG16 needs images of at least 16 px, got {image_size}")
+            raise ValueError(f"this VGG-16 has {pools} pools and needs images of at least {2 ** pools} px, "
+                             f"got {image_size} (set image_size)")
         self.fc = nn.Linear(cin * side * side, feature_dim)
         self.feature_dim = feature_dim
         for m in self.modules():
@@ -155,7 +162,8 @@ class VGG16(nn.Module):
 def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, layer4_stride: int = 2,
                    image_size: int = 96, maxpool: bool = True) -> nn.Module:
     """``resnet34`` (the paper's), ``resnet18`` (the SSL baselines'), ``resnet10`` (one block a
-    stage: the shallower network of section 4's architecture experiment) or ``vgg16``.
+    stage: the shallower network of section 4's architecture experiment), ``vgg16`` (its fifth
+    block dropped) or ``vgg16-5pool`` (its last convolution dropped; 32 px or more).
 
     ``maxpool=False`` drops the stem's max-pool (the paper keeps it); on 28-px images it keeps
     a 4x larger map through the network."""
@@ -167,7 +175,9 @@ def build_backbone(name: str, in_channels: int = 3, width: float = 1.0, layer4_s
         return ResNet((1, 1, 1, 1), in_channels, width, layer4_stride, maxpool)
     if name == "vgg16":
         return VGG16(in_channels, image_size, width)
-    raise ValueError(f"unknown backbone {name!r}; choose resnet34, resnet18, resnet10 or vgg16")
+    if name == "vgg16-5pool":
+        return VGG16(in_channels, image_size, width, layers=VGG16_5POOL_LAYERS)
+    raise ValueError(f"unknown backbone {name!r}; choose resnet34, resnet18, resnet10, vgg16 or vgg16-5pool")
 
 
 class BarlowTwinsProjector(nn.Sequential):

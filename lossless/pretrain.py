@@ -60,9 +60,14 @@ def steps_per_epoch(cfg: Mapping[str, Any], split: data_mod.Split) -> int:
 
 
 def backbone_for(cfg: Mapping[str, Any], data: data_mod.ImageSet) -> torch.nn.Module:
+    """``cfg``'s backbone for ``data``'s images (at ``image_size`` where it is set); a network
+    the images are too small for is a ConfigError naming the key."""
     size = cfg.get("image_size") or data.image_shape[0]
-    return build_backbone(cfg["backbone"], in_channels=data.image_shape[2], width=cfg["width"],
-                          layer4_stride=cfg["layer4_stride"], image_size=size, maxpool=cfg["maxpool"])
+    try:
+        return build_backbone(cfg["backbone"], in_channels=data.image_shape[2], width=cfg["width"],
+                              layer4_stride=cfg["layer4_stride"], image_size=size, maxpool=cfg["maxpool"])
+    except ValueError as exc:
+        raise config.ConfigError(f"backbone={cfg['backbone']}: {exc}") from None
 
 
 def load_data(cfg: Mapping[str, Any], progress: bool) -> data_mod.Split:

@@ -91,3 +91,19 @@ def test_vgg16_parameters_and_output_against_a_hand_count():
     net = build_backbone("vgg16", in_channels=1, width=0.25, image_size=28)
     assert sum(p.numel() for p in net.parameters()) == count
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 512)
+
+
+def test_vgg16_five_pools_the_other_reading_against_a_hand_count():
+    """The other reading of "dropped the last CNN layer": twelve convolutions (the thirteenth
+    dropped), five pools; grayscale, width 1/4 at 84 px leaves a 2 x 2 map of 128 channels."""
+    widths = (16, 16, 32, 32, 64, 64, 64, 128, 128, 128, 128, 128)
+    cins = (1,) + widths[:-1]
+    count = sum(_conv(a, b, 3) for a, b in zip(cins, widths)) + sum(_bn(c) for c in widths)
+    count += 128 * 2 * 2 * 512 + 512
+    net = build_backbone("vgg16-5pool", in_channels=1, width=0.25, image_size=84)
+    assert sum(p.numel() for p in net.parameters()) == count
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in net.modules()) == 5
+    assert describe(net, (1, 84, 84))[0]["output"] == [128, 2, 2]
+    assert net(torch.zeros(2, 1, 84, 84)).shape == (2, 512)
+    with pytest.raises(ValueError, match="32 px.*got 28.*image_size"):
+        build_backbone("vgg16-5pool", in_channels=1, width=0.25, image_size=28)

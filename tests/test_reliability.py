@@ -96,6 +96,22 @@ def test_every_run_folder_follows_one_rule(tmp_path, monkeypatch):
     assert book.book_dir("smoke", {"runs_dir": str(tmp_path / "mine")}).parent == tmp_path / "mine"
 
 
+def test_a_network_too_deep_for_the_images_names_the_backbone_and_image_size(tmp_path, capsys):
+    """VGG-16 with five pools needs 32 px; on 24-px images it is one line naming the fix."""
+    runs_dir = tmp_path / "runs"
+    args = ["pretrain", "--profile", "smoke", "--quiet", f"runs_dir={runs_dir}", "backbone=vgg16-5pool"]
+    assert main(args + ["synthetic_size=24"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "backbone=vgg16-5pool" in err and "32 px" in err and "image_size" in err, err
+    assert not list(runs_dir.glob("pretrain-*/checkpoints/*"))     # nothing trained
+    # the fix it names works: the same images resized to 32 px build the network
+    from lossless.pretrain import backbone_for, load_data
+    cfg = config.load_profile("smoke", [f"runs_dir={runs_dir}", "backbone=vgg16-5pool", "synthetic_size=24",
+                                        "image_size=32"])
+    assert backbone_for(cfg, load_data(cfg, False).data)(torch.zeros(2, 3, 32, 32)).shape == (2, 512)
+
+
 def test_a_wrong_lossless_data_is_an_error_not_a_fallback(tmp_path, monkeypatch, capsys):
     from conftest import make_fashion_tree
     monkeypatch.setenv("LOSSLESS_DATA", str(tmp_path / "empty"))

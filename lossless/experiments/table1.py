@@ -35,7 +35,8 @@ PAPER_TABLE1 = [("resnet18", "simclr", "17.45%"), ("resnet34", "byol", "19%"), (
 PAPER_COLUMN = "paper (800 classes, another dataset)"
 NAMES = {"barlow": "Barlow Twins", "simclr": "SimCLR", "byol": "BYOL", "swav": "SwAV"}
 MEASURES = {"finetune": "fine-tuned", "linear_probe": "linear probe", "knn_probe": "k-NN probe"}
-NETWORKS = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet10": "ResNet-10", "vgg16": "VGG-16"}
+NETWORKS = {"resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet10": "ResNet-10", "vgg16": "VGG-16",
+            "vgg16-5pool": "VGG-16 with five pools"}
 
 
 def compare_cfg(cfg: Mapping[str, Any], method: str, epochs: int | None = None,
