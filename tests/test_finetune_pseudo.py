@@ -482,6 +482,31 @@ def test_claims_with_all_rules_and_controls(tmp_path, smoke_backbone):
     assert {row["seeds"] for row in rows} == {2}
 
 
+def test_grid_edge_is_where_the_allowed_values_go_on():
+    """A choice at a grid's end is an edge only where its parameter may go further: no weight
+    decay and crops of the whole image are the ends of what is allowed, a rate of 0.05 is not."""
+    from lossless.experiments import claims as cl
+    grid = {"sup_lr_backbone": [0.05, 0.1], "ft_weight_decay": [0.0, 1e-5], "crop_scale_min": [0.8, 1.0]}
+    at_ends = {"sup_lr_backbone": 0.05, "ft_weight_decay": 0.0, "crop_scale_min": 1.0}
+    assert cl.grid_edge({"grid": grid, "choice": at_ends}) == ["sup_lr_backbone"]
+    other_ends = {"sup_lr_backbone": 0.1, "ft_weight_decay": 1e-5, "crop_scale_min": 0.8}
+    assert cl.grid_edge({"grid": grid, "choice": other_ends}) == list(grid)
+    # the grid the experiment runs leaves room on every side it can
+    assert all(len(v) >= 3 for v in cl.SUP_GRID.values())
+    # how flat the top is: within one binomial standard error of the best (0.8 on 400 images:
+    # 2.0 points), by hand
+    rows = [{"sup_lr_backbone": lr, "ft_weight_decay": 0.0, "crop_scale_min": 1.0, "val_accuracy": a}
+            for lr, a in ((0.05, 0.800), (0.1, 0.781), (0.2, 0.779), (0.4, 0.700))]
+    g = {"grid": {**grid, "sup_lr_backbone": [0.05, 0.1, 0.2, 0.4]}, "rows": rows, "val_images": 400,
+         "choice": at_ends}
+    assert [r["sup_lr_backbone"] for r in cl.grid_top(g)] == [0.05, 0.1]
+    words = cl.grid_words(g)
+    assert "edge in sup_lr_backbone" in words and "2 of the grid's 4 settings" in words, words
+    assert "2.0 points on 400 validation images" in words and "sup_lr_backbone from 0.05 to 0.1" in words
+    inside = {**g, "choice": {**at_ends, "sup_lr_backbone": 0.1}}
+    assert cl.grid_words(inside).startswith("inside the grid")
+
+
 def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path, smoke_backbone):
     """The grid's choice is its best validation accuracy, and it is what every seed's supervised
     baseline (and the budget curve's) trains with; FixMatch runs on the first seeds only and is

@@ -19,6 +19,7 @@ Every piece is a run folder of its own stage, so a stopped experiment resumes wh
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -44,11 +45,14 @@ METHODS = ("pixel_knn", "pixel_linear", "supervised", "knn_probe", "linear_probe
 BASELINES = ("pixel_knn", "pixel_linear", "supervised")
 # the supervised-only baseline's grid, each setting trained on the configuration's own seed and
 # judged by validation accuracy; the choice then trains every seed (epochs: the best checkpoint
-# by validation loss within ft_epochs). On the cpu profile the grid moved up twice, each time its
+# by validation loss within ft_epochs). On the cpu profile the grid moved three times, each time its
 # choice sat at its edge: rates 0.02-0.1 and crops 0.2-0.5 chose (0.1, 0.5); 0.05-0.2 chose
-# (0.2, 0.5), every crop-0.2 setting below its crop-0.5 twin. The configuration's own setting is
-# trained as well when the grid lacks it (a row of its own, "default").
-SUP_GRID = {"sup_lr_backbone": (0.1, 0.2, 0.4), "ft_weight_decay": (1e-5, 5e-4), "crop_scale_min": (0.5, 0.8)}
+# (0.2, 0.5), every crop-0.2 setting below its crop-0.5 twin; rates 0.1-0.4, decays 1e-5 and
+# 5e-4 and crops 0.5 and 0.8 chose (0.1, 1e-5, 0.8), the lowest rate and decay and the largest
+# crop, so each axis grew a value past it (no decay, whole-image crops). The configuration's
+# own setting is trained as well when the grid lacks it (a row of its own, "default").
+SUP_GRID = {"sup_lr_backbone": (0.05, 0.1, 0.2, 0.4), "ft_weight_decay": (0.0, 1e-5, 5e-4),
+            "crop_scale_min": (0.5, 0.8, 0.9, 1.0)}
 RULES = ("global", "balanced", "threshold", "gradual")  # pseudo.py's selection rules (and "none", the control)
 
 
@@ -146,13 +150,52 @@ def supervised_grid(cfg: Mapping[str, Any], grid: Mapping[str, tuple] | None = N
                      "default": setting == own})
     best = max(range(len(rows)), key=lambda i: (rows[i]["val_accuracy"], -i))
     return {"grid": {k: list(v) for k, v in grid.items()}, "rows": rows, "seed": cfg["seed"],
-            "choice": {k: rows[best][k] for k in grid}, "epochs": cfg["ft_epochs"]}
+            "choice": {k: rows[best][k] for k in grid}, "epochs": cfg["ft_epochs"],
+            "val_images": len(load_data(cfg, False).labels("val"))}
 
 
 def grid_edge(grid: Mapping[str, Any]) -> list[str]:
     """The parameters in which ``supervised_grid``'s choice is the grid's smallest or largest
-    value (of two or more): where a wider grid might choose otherwise."""
-    return [k for k, v in grid["grid"].items() if len(v) > 1 and grid["choice"][k] in (min(v), max(v))]
+    value (of two or more) and the parameter's allowed values go on past it (its domain in
+    :data:`config.PARAMETERS`): where a wider grid might choose otherwise. A choice at the end
+    of what is allowed (no weight decay; crops of the whole image) is not an edge."""
+    def beyond(key: str, value: float, direction: float) -> bool:
+        if key not in config_mod.PARAMETERS:
+            return True
+        return bool(config_mod.PARAMETERS[key][2].check(math.nextafter(value, direction)))
+
+    edge = []
+    for k, v in grid["grid"].items():
+        c = grid["choice"][k]
+        if len(v) > 1 and ((c == min(v) and beyond(k, c, -math.inf)) or (c == max(v) and beyond(k, c, math.inf))):
+            edge.append(k)
+    return edge
+
+
+def grid_top(grid: Mapping[str, Any]) -> list[dict]:
+    """The rows of ``supervised_grid`` within one standard error of the best validation
+    accuracy (the binomial error of the best on the grid's ``val_images``): the settings its
+    validation images cannot tell apart from the choice."""
+    best = max(r["val_accuracy"] for r in grid["rows"])
+    se = math.sqrt(best * (1 - best) / grid["val_images"])
+    return [r for r in grid["rows"] if r["val_accuracy"] >= best - se - 1e-12]
+
+
+def grid_words(grid: Mapping[str, Any]) -> str:
+    """Where ``supervised_grid``'s choice lies, in words: inside the grid, or at its edge in
+    some parameters (:func:`grid_edge`) and how flat the grid's top is along them."""
+    edge = grid_edge(grid)
+    if not edge:
+        return "inside the grid in every parameter that could go further"
+    words = f"at the grid's edge in {', '.join(edge)}, so a wider grid might choose otherwise"
+    if not grid.get("val_images"):
+        return words
+    top, n = grid_top(grid), grid["val_images"]
+    best = max(r["val_accuracy"] for r in grid["rows"])
+    spans = [f"{k} from {min(r[k] for r in top):g} to {max(r[k] for r in top):g}" for k in edge]
+    return (f"{words}; {len(top)} of the grid's {len(grid['rows'])} settings lie within one "
+            f"standard error ({100 * math.sqrt(best * (1 - best) / n):.1f} points on {n:,} "
+            f"validation images) of the best, {' and '.join(spans)}")
 
 
 def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: bool = True,
