@@ -122,13 +122,23 @@ class Comparison:
             return f"undecided at {self.n} seed" + ("s" if self.n != 1 else "")
         return tables.verdict(self._stats, small=small, reason=reason)
 
-    def held(self, want: str, why: bool = True) -> str:
+    def held(self, want: str, why: bool = True, size: float | None = None) -> str:
         """Whether a statement that ``a`` minus ``b`` is ``want`` ("a gain" or "a loss") held:
         "held" where the verdict is ``want``, "the opposite held" where it is the other,
         otherwise "not shown (<the verdict>)" (``why=False``: "not shown", for a table whose
-        verdict stands in a column beside it)."""
+        verdict stands in a column beside it). ``size``: the statement's size (a fraction, in
+        its direction: 0.04 for "about four points"); where the interval ends short of it the
+        statement did not hold at its size, whatever the direction."""
         if want not in ("a gain", "a loss"):
             raise ValueError(f"want={want!r}: a statement's direction is 'a gain' or 'a loss'")
+        if size is not None and self.n >= 2:
+            if not (_finite(size) and size > 0):
+                raise ValueError(f"size={size!r}: a statement's size is a fraction > 0 in its direction")
+            short = self.high < size if want == "a gain" else self.low > -size
+            if short:
+                edge = f"{100 * (size if want == 'a gain' else -size):+.2f}"
+                return (f"not at its size (the interval ends short of {edge} points)" if why
+                        else "not at its size")
         v = self.verdict()
         if v == want:
             return "held"
@@ -204,3 +214,7 @@ def table(comparisons: Iterable[Comparison], caption: str = "",
     """Comparisons as the book shows them (:func:`lossless.tables.show`): points signed, the
     verdict coloured."""
     return tables.show(rows(comparisons, first), points=[DIFFERENCE], significance=[VERDICT], caption=caption)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

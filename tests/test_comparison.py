@@ -54,6 +54,17 @@ def test_verdicts_of_clear_and_unclear_differences():
     assert open_.held("a gain", why=False) == "not shown" and gain.held("a gain", why=False) == "held"
     with pytest.raises(ValueError, match="'a gain' or 'a loss'"):
         gain.held("gain")
+    # a statement with a size: refuted where the interval ends short of it, whatever the direction
+    assert gain.low < 0.03 < gain.high < 0.06
+    assert gain.held("a gain", size=0.03) == "held"                    # inside the interval
+    assert gain.held("a gain", size=0.06) == "not at its size (the interval ends short of +6.00 points)"
+    assert loss.held("a loss", size=0.06, why=False) == "not at its size"
+    assert loss.held("a loss", size=0.03) == "held"
+    assert open_.held("a gain", size=open_.high + 1e-3).startswith("not at its size")
+    assert open_.held("a gain", size=open_.high - 1e-3) == "not shown (undecided at 3 seeds)"
+    assert one.held("a gain", size=0.5) == "not shown (undecided at 1 seed)"   # no interval at one seed
+    with pytest.raises(ValueError, match="size"):
+        gain.held("a gain", size=-0.04)
 
 
 def test_paired_uses_only_the_records_that_ran_both_arms_and_keeps_their_seeds():
