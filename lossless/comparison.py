@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from .evaluate import paired_difference
-from . import tables
+from . import config, tables
 
 # the renderer's column names, for tables.show(points=..., significance=...)
 DIFFERENCE = "minus (points)"
@@ -132,7 +132,7 @@ class Comparison:
         if want not in ("a gain", "a loss"):
             raise ValueError(f"want={want!r}: a statement's direction is 'a gain' or 'a loss'")
         if size is not None and self.n >= 2:
-            if not (_finite(size) and size > 0):
+            if not (config._finite(size) and size > 0):
                 raise ValueError(f"size={size!r}: a statement's size is a fraction > 0 in its direction")
             short = self.high < size if want == "a gain" else self.low > -size
             if short:
@@ -214,7 +214,3 @@ def table(comparisons: Iterable[Comparison], caption: str = "",
     """Comparisons as the book shows them (:func:`lossless.tables.show`): points signed, the
     verdict coloured."""
     return tables.show(rows(comparisons, first), points=[DIFFERENCE], significance=[VERDICT], caption=caption)
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

@@ -172,12 +172,17 @@ def grid_edge(grid: Mapping[str, Any]) -> list[str]:
     return edge
 
 
+def _grid_error(grid: Mapping[str, Any]) -> tuple[float, float]:
+    """The grid's best validation accuracy and its binomial standard error on ``val_images``."""
+    best = max(r["val_accuracy"] for r in grid["rows"])
+    return best, math.sqrt(best * (1 - best) / grid["val_images"])
+
+
 def grid_top(grid: Mapping[str, Any]) -> list[dict]:
     """The rows of ``supervised_grid`` within one standard error of the best validation
     accuracy (the binomial error of the best on the grid's ``val_images``): the settings its
     validation images cannot tell apart from the choice."""
-    best = max(r["val_accuracy"] for r in grid["rows"])
-    se = math.sqrt(best * (1 - best) / grid["val_images"])
+    best, se = _grid_error(grid)
     return [r for r in grid["rows"] if r["val_accuracy"] >= best - se - 1e-12]
 
 
@@ -190,12 +195,11 @@ def grid_words(grid: Mapping[str, Any]) -> str:
     words = f"at the grid's edge in {', '.join(edge)}, so a wider grid might choose otherwise"
     if not grid.get("val_images"):
         return words
-    top, n = grid_top(grid), grid["val_images"]
-    best = max(r["val_accuracy"] for r in grid["rows"])
+    top, (_, se) = grid_top(grid), _grid_error(grid)
     spans = [f"{k} from {min(r[k] for r in top):g} to {max(r[k] for r in top):g}" for k in edge]
     return (f"{words}; {len(top)} of the grid's {len(grid['rows'])} settings lie within one "
-            f"standard error ({100 * math.sqrt(best * (1 - best) / n):.1f} points on {n:,} "
-            f"validation images) of the best, {' and '.join(spans)}")
+            f"standard error ({100 * se:.1f} points on {grid['val_images']:,} validation "
+            f"images) of the best, {' and '.join(spans)}")
 
 
 def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: bool = True,
