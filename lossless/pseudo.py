@@ -145,6 +145,13 @@ def pseudo_label(cfg: Mapping[str, Any], start: dict | None = None, pretrained: 
         return done if done is not None else _pseudo_rounds(cfg, start, stage, split, device, amp)
 
 
+def round_seconds(result: Mapping[str, Any]) -> float:
+    """The training seconds of a finished stage's rounds (each round's own result.json holds them)."""
+    stage = Path(result["run"])
+    return sum(runs.read_json(stage / f"round{r['round']}" / "result.json")["train_seconds"]
+               for r in result["rounds"] if r["round"] > 0)
+
+
 def _pseudo_rounds(cfg: Mapping[str, Any], start: dict, stage: Path, split: data_mod.Split, device, amp) -> dict:
     data = split.data
     pool = split.unlabelled.copy()
