@@ -1,4 +1,5 @@
 """Fine-tuning, pseudo-labelling and evaluation (paper sections 3.4, 3.5)."""
+import itertools
 import json
 import math
 import subprocess
@@ -506,6 +507,20 @@ def test_grid_edge_is_where_the_allowed_values_go_on():
     assert "2.0 points on 400 validation images" in words and "sup_lr_backbone from 0.05 to 0.1" in words
     inside = {**g, "choice": {**at_ends, "sup_lr_backbone": 0.1}}
     assert cl.grid_words(inside).startswith("inside the grid")
+
+
+@pytest.mark.parametrize("name,profile", [("claims", "cpu"), ("claims-rules", "cpu"), ("claims", "smoke")])
+def test_committed_claims_records_ran_the_grid_the_code_defines(name, profile):
+    """A record whose supervised baseline was tuned on another grid than ``SUP_GRID`` is stale:
+    the chapters would word its choice ("inside the grid") against a grid nobody ran."""
+    from lossless import book
+    from lossless.experiments import claims as cl
+    rec = book.read_record(name, profile)
+    assert rec is not None, f"{name}-{profile}: the record the chapters read is missing"
+    assert not rec["supervised_grid_recorded"]                 # it ran its own grid
+    assert rec["supervised_grid"]["grid"] == {k: list(v) for k, v in cl.SUP_GRID.items()}
+    settings = {tuple(r[k] for k in cl.SUP_GRID) for r in rec["supervised_grid"]["rows"] if not r["default"]}
+    assert settings == set(itertools.product(*cl.SUP_GRID.values()))
 
 
 def test_fixmatch_minutes_sets_fixmatch_beside_the_whole_pipeline():

@@ -49,9 +49,10 @@ BASELINES = ("pixel_knn", "pixel_linear", "supervised")
 # choice sat at its edge: rates 0.02-0.1 and crops 0.2-0.5 chose (0.1, 0.5); 0.05-0.2 chose
 # (0.2, 0.5), every crop-0.2 setting below its crop-0.5 twin; rates 0.1-0.4, decays 1e-5 and
 # 5e-4 and crops 0.5 and 0.8 chose (0.1, 1e-5, 0.8), the lowest rate and decay and the largest
-# crop, so each axis grew a value past it (no decay, whole-image crops). The configuration's
+# crop, so each axis grew a value past it (no decay, whole-image crops); that grid chose
+# (0.4, 0.0, 0.9), its top rate, so the rate grew to 0.8. The configuration's
 # own setting is trained as well when the grid lacks it (a row of its own, "default").
-SUP_GRID = {"sup_lr_backbone": (0.05, 0.1, 0.2, 0.4), "ft_weight_decay": (0.0, 1e-5, 5e-4),
+SUP_GRID = {"sup_lr_backbone": (0.05, 0.1, 0.2, 0.4, 0.8), "ft_weight_decay": (0.0, 1e-5, 5e-4),
             "crop_scale_min": (0.5, 0.8, 0.9, 1.0)}
 RULES = ("global", "balanced", "threshold", "gradual")  # pseudo.py's selection rules (and "none", the control)
 
