@@ -64,6 +64,13 @@ def read_record(name: str, profile: str, remake: str | None = None) -> dict | No
                             f"make it again with `{remake or f'lossless experiment {name} --profile {profile}'}`") from None
 
 
+def read_records(prefix: str, profile: str) -> list[dict]:
+    """Every record ``<prefix>...-<profile>.json`` (e.g. the claims at other FixMatch lengths,
+    ``claims-fm15-cpu.json``), in the order of their names."""
+    tail = f"-{profile}.json"
+    return [read_record(p.name[:-len(tail)], profile) for p in sorted(RECORDS.glob(f"{prefix}*{tail}"))]
+
+
 def record_backbone(rec: Mapping[str, Any] | None, cfg: Mapping[str, Any]) -> str:
     """Whether a record's runs started from this profile's pretrained backbone: "" when they did
     (or the record names none), otherwise a clause for the sentence that cites the record,

@@ -167,6 +167,12 @@ def test_records_round_trip_and_a_damaged_one_names_its_file(tmp_path, monkeypat
     book.write_record({}, "claims", "smoke", tmp_path / "claims-rules-smoke.json").write_text("{")
     with pytest.raises(LosslessError, match="claims-rules-smoke.json.*with `lossless x --all`"):
         book.read_record("claims-rules", "smoke", "lossless x --all")
+    # the records of one family, by name, and only the profile's
+    for name, profile, n in (("claims-fm30", "smoke", 30), ("claims-fm15", "smoke", 15),
+                             ("claims-fm15", "cpu", 99)):
+        book.write_record({"n": n}, name, profile)
+    assert [r["n"] for r in book.read_records("claims-fm", "smoke")] == [15, 30]
+    assert book.read_records("claims-fm", "paper") == []
 
 
 def test_calibration_error_against_hand_computation():
@@ -543,6 +549,38 @@ def test_fixmatch_minutes_sets_fixmatch_beside_the_whole_pipeline():
     assert cl.fixmatch_minutes(old) == ("FixMatch trained a median of 5.5 minutes per labelled set, "
                                         "where the Barlow Twins backbone pretrained for 10.0 minutes once")
     assert cl.fixmatch_minutes({**rec, "seeds": seeds[2:]}) == "(FixMatch not in the record)"
+
+
+def _fm_record(passes, fixmatch, seconds, finetune=(0.80, 0.80, 0.80)):
+    seeds = [{"seed": i, "barlow_finetune": f, "pseudo_global": f, "fixmatch": m,
+              "fixmatch_seconds": seconds, "fixmatch_epochs": passes,
+              "barlow_finetune_seconds": 20, "pseudo_global_seconds": 40}
+             for i, (f, m) in enumerate(zip(finetune, fixmatch))]
+    return {"seeds": seeds, "pretraining": {"train_seconds": 540}, "best_pseudo_rule": "pseudo_global",
+            "command": f"claims fm_epochs={passes}"}
+
+
+def test_fixmatch_length_rows_order_by_minutes_and_pair_each_record():
+    """One row per FixMatch length, fewest minutes first, each paired over its own seeds (by
+    hand: differences 1, 2, 0 points -> +1.00, sd 1, t(2) 4.303 -> [-1.48, +3.48]; -3, -4, -2
+    -> -3.00 [-5.48, -0.52]); the pipeline is 540 + 60 s = 10 min, so 300 s is 0.5 times it."""
+    from lossless.experiments import claims as cl
+    short = _fm_record(15, (0.79, 0.78, 0.80), 300)
+    long = _fm_record(30, (0.83, 0.84, 0.82), 720)
+    assert cl.fixmatch_budget(short) == {"passes": 15, "seeds": 3, "fixmatch_minutes": 5.0,
+                                         "pretraining_minutes": 9.0, "after_minutes": 1.0,
+                                         "pipeline_minutes": 10.0, "ratio": 0.5}
+    one_seed = {**_fm_record(24, (0.9,), 600), "seeds": _fm_record(24, (0.9,), 600)["seeds"][:1]}
+    rows = cl.fixmatch_length_rows([long, one_seed, short])   # one FixMatch seed: no row
+    assert [(r["passes"], r["FixMatch minutes"], r["x the pipeline's"]) for r in rows] == [
+        (15, 5.0, 0.5), (30, 12.0, 1.2)]
+    assert rows[0]["FixMatch"] == "79.00% ± 1.00" and rows[1]["FixMatch"] == "83.00% ± 1.00"
+    assert rows[0]["Barlow Twins + fine-tuning minus FixMatch"].startswith(
+        "+1.00 points, 95% interval [-1.48, +3.48]: "), rows[0]
+    assert rows[1]["the pipeline minus FixMatch"] == "-3.00 points, 95% interval [-5.48, -0.52]: a loss"
+    other = _fm_record(24, (0.8, 0.8, 0.8), 600, finetune=(0.81, 0.80, 0.80))
+    with pytest.raises(LosslessError, match="claims fm_epochs=24.*differ only in fm_epochs"):
+        cl.fixmatch_length_rows([short, other])
 
 
 def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path, smoke_backbone):

@@ -22,7 +22,7 @@ import itertools
 import math
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from .. import config as config_mod
 from .. import runs
 from ..augment import Augmenter
 from ..engine import resolve_device, resolve_precision
+from ..errors import LosslessError
 from ..comparison import Comparison, rows
 from ..evaluate import mean_std
 from ..finetune import finetune, load_backbone
@@ -203,26 +204,68 @@ def grid_words(grid: Mapping[str, Any]) -> str:
             f"images) of the best, {' and '.join(spans)}")
 
 
-def fixmatch_minutes(result: Mapping[str, Any]) -> str:
-    """FixMatch's training minutes per labelled set in a claims run or record, beside the
+def fixmatch_budget(result: Mapping[str, Any]) -> dict | None:
+    """FixMatch's training minutes per labelled set in a claims run or record, and the
     pipeline's: pretraining once, then fine-tuning and the best rule's pseudo-label rounds
-    (medians over the seeds FixMatch ran on)."""
+    (medians over the seeds FixMatch ran on). None without FixMatch; ``pipeline_minutes`` and
+    ``ratio`` are None in records made before they kept the fine-tuning and rounds' seconds."""
     rows = [r for r in result["seeds"] if "fixmatch_seconds" in r]
     if not rows:
-        return "(FixMatch not in the record)"
+        return None
     fm = float(np.median([r["fixmatch_seconds"] for r in rows])) / 60
     pre = result["pretraining"]["train_seconds"] / 60
     epochs = {r.get("fixmatch_epochs") for r in rows}
-    passes = f" ({epochs.pop()} passes over the pool)" if len(epochs) == 1 and None not in epochs else ""
-    text = f"FixMatch trained a median of {fm:.1f} minutes per labelled set{passes}"
-    rule = result["best_pseudo_rule"]
-    keys = ("barlow_finetune_seconds", f"{rule}_seconds")
-    if not all(k in r for r in rows for k in keys):  # records made before they kept these
+    keys = ("barlow_finetune_seconds", f"{result['best_pseudo_rule']}_seconds")
+    kept = all(k in r for r in rows for k in keys)
+    after = float(np.median([sum(r[k] for k in keys) for r in rows])) / 60 if kept else None
+    return {"passes": epochs.pop() if len(epochs) == 1 else None, "seeds": len(rows),
+            "fixmatch_minutes": fm, "pretraining_minutes": pre, "after_minutes": after,
+            "pipeline_minutes": pre + after if kept else None,
+            "ratio": fm / (pre + after) if kept else None}
+
+
+def fixmatch_minutes(result: Mapping[str, Any]) -> str:
+    """:func:`fixmatch_budget` in words."""
+    b = fixmatch_budget(result)
+    if b is None:
+        return "(FixMatch not in the record)"
+    passes = f" ({b['passes']} passes over the pool)" if b["passes"] else ""
+    text = f"FixMatch trained a median of {b['fixmatch_minutes']:.1f} minutes per labelled set{passes}"
+    pre = b["pretraining_minutes"]
+    if b["ratio"] is None:  # records made before they kept the pipeline's seconds
         return text + f", where the Barlow Twins backbone pretrained for {pre:.1f} minutes once"
-    after = float(np.median([sum(r[k] for k in keys) for r in rows])) / 60
-    return (text + f"; the pipeline spent {pre + after:.1f}: {pre:.1f} pretraining once, then "
-            f"a median of {after:.1f} fine-tuning and pseudo-labelling, so FixMatch had "
-            f"{fm / (pre + after):.2f} times its minutes")
+    return (text + f"; the pipeline spent {b['pipeline_minutes']:.1f}: {pre:.1f} pretraining once, "
+            f"then a median of {b['after_minutes']:.1f} fine-tuning and pseudo-labelling, so "
+            f"FixMatch had {b['ratio']:.2f} times its minutes")
+
+
+def fixmatch_length_rows(records: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """One row per claims record with FixMatch on two seeds or more, by FixMatch's minutes:
+    its passes, minutes and their ratio to the pipeline's, its test accuracy, and Barlow Twins
+    + fine-tuning and the whole pipeline (the best rule) minus it, paired over its seeds, each
+    with its verdict. The records must be one configuration but ``fm_epochs`` (each seed's
+    Barlow Twins + fine-tuning the same run): rows from other labelled sets or backbones would
+    not be comparable."""
+    out, start = [], None
+    for rec in records:
+        b = fixmatch_budget(rec)
+        if b is None or b["seeds"] < 2:
+            continue
+        own = [(r["seed"], r["barlow_finetune"]) for r in rec["seeds"]]
+        if start is not None and own != start:
+            raise LosslessError(f"fixmatch_length_rows: the record made by `{rec.get('command')}` has "
+                                "other labelled sets or another backbone than the first; give records "
+                                "that differ only in fm_epochs")
+        start = own
+        row = {"passes": b["passes"], "FixMatch minutes": b["fixmatch_minutes"],
+               "x the pipeline's": b["ratio"], "seeds": b["seeds"],
+               "FixMatch": pm(mean_std([r["fixmatch"] for r in rec["seeds"] if "fixmatch" in r]))}
+        for name, arm in (("Barlow Twins + fine-tuning", "barlow_finetune"),
+                          ("the pipeline", rec["best_pseudo_rule"])):
+            c = comparison(rec, arm, "fixmatch")
+            row[f"{name} minus FixMatch"] = c.words()
+        out.append(row)
+    return sorted(out, key=lambda r: r["FixMatch minutes"])
 
 
 def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: bool = True,
