@@ -581,6 +581,9 @@ def test_fixmatch_length_rows_order_by_minutes_and_pair_each_record():
     other = _fm_record(24, (0.8, 0.8, 0.8), 600, finetune=(0.81, 0.80, 0.80))
     with pytest.raises(LosslessError, match="claims fm_epochs=24.*differ only in fm_epochs"):
         cl.fixmatch_length_rows([short, other])
+    # the pairs the chapter words, in the table's order; equal minutes stay two entries
+    same_minutes = _fm_record(20, (0.79, 0.78, 0.80), 300)
+    assert [b["passes"] for b, _ in cl.fixmatch_lengths([long, None, short, same_minutes])] == [15, 20, 30]
 
 
 def test_claims_tune_the_supervised_baseline_and_run_fixmatch(tmp_path, smoke_backbone):

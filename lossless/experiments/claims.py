@@ -239,33 +239,40 @@ def fixmatch_minutes(result: Mapping[str, Any]) -> str:
             f"FixMatch had {b['ratio']:.2f} times its minutes")
 
 
-def fixmatch_length_rows(records: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """One row per claims record with FixMatch on two seeds or more, by FixMatch's minutes:
-    its passes, minutes and their ratio to the pipeline's, its test accuracy, and Barlow Twins
-    + fine-tuning and the whole pipeline (the best rule) minus it, paired over its seeds, each
-    with its verdict. The records must be one configuration but ``fm_epochs`` (each seed's
-    Barlow Twins + fine-tuning the same run): rows from other labelled sets or backbones would
-    not be comparable."""
+def fixmatch_lengths(records: Sequence[Mapping[str, Any] | None]) -> list[tuple[dict, Mapping[str, Any]]]:
+    """The claims records (None skipped) with FixMatch on two seeds or more, as
+    ``(fixmatch_budget(record), record)``, fewest FixMatch minutes first. The records must be
+    one configuration but ``fm_epochs`` (each seed's Barlow Twins + fine-tuning the same run):
+    lengths from other labelled sets or backbones would not be comparable."""
     out, start = [], None
-    for rec in records:
+    for rec in filter(None, records):
         b = fixmatch_budget(rec)
         if b is None or b["seeds"] < 2:
             continue
         own = [(r["seed"], r["barlow_finetune"]) for r in rec["seeds"]]
         if start is not None and own != start:
-            raise LosslessError(f"fixmatch_length_rows: the record made by `{rec.get('command')}` has "
+            raise LosslessError(f"fixmatch_lengths: the record made by `{rec.get('command')}` has "
                                 "other labelled sets or another backbone than the first; give records "
                                 "that differ only in fm_epochs")
         start = own
+        out.append((b, rec))
+    return sorted(out, key=lambda pair: pair[0]["fixmatch_minutes"])
+
+
+def fixmatch_length_rows(records: Sequence[Mapping[str, Any] | None]) -> list[dict]:
+    """One table row per :func:`fixmatch_lengths` entry: FixMatch's passes, minutes and their
+    ratio to the pipeline's, its test accuracy, and Barlow Twins + fine-tuning and the whole
+    pipeline (the best rule) minus it, paired over its seeds, each with its verdict."""
+    out = []
+    for b, rec in fixmatch_lengths(records):
         row = {"passes": b["passes"], "FixMatch minutes": b["fixmatch_minutes"],
                "x the pipeline's": b["ratio"], "seeds": b["seeds"],
                "FixMatch": pm(mean_std([r["fixmatch"] for r in rec["seeds"] if "fixmatch" in r]))}
         for name, arm in (("Barlow Twins + fine-tuning", "barlow_finetune"),
                           ("the pipeline", rec["best_pseudo_rule"])):
-            c = comparison(rec, arm, "fixmatch")
-            row[f"{name} minus FixMatch"] = c.words()
+            row[f"{name} minus FixMatch"] = comparison(rec, arm, "fixmatch").words()
         out.append(row)
-    return sorted(out, key=lambda r: r["FixMatch minutes"])
+    return out
 
 
 def one_seed(cfg: Mapping[str, Any], seed: int, backbone_path: Path, pseudo: bool = True,
