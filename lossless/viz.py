@@ -396,11 +396,17 @@ def method_curves(histories: dict[str, list[dict]] | None, metrics: Sequence[str
     return epoch_curves(histories, metrics, width=3.4, marker="o", x="minutes")
 
 
-def upset(rows: list[dict], names: Sequence[str], title: str = ""):
+def upset(rows: list[dict] | None, names: Sequence[str], title: str = "", missing: str = "no record"):
     """Intersection counts as an UpSet plot: one bar per exact subset of models (the models it
     gets right, the others wrong), over a dot matrix that says which subset. Drawn here rather
     than with ``upsetplot`` (0.9.0 fails with pandas 3.1 and matplotlib 3.11; its maintained fork
-    warns): ``rows`` as from ``ensemble.intersections`` (``models``, ``count``, optional ``sd``)."""
+    warns): ``rows`` as from ``ensemble.intersections`` (``models``, ``count``, optional ``sd``).
+    ``rows=None``: an empty panel with ``missing`` across it."""
+    if rows is None:
+        fig, ax = plt.subplots(figsize=(4.0, 2.4))
+        ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.set_axis_off()
+        return fig
     names = list(names)
     fig, (top, dots) = plt.subplots(2, 1, figsize=(max(4.0, 0.55 * len(rows) + 1.5), 1.6 + 0.35 * len(names) + 2),
                                     sharex=True, gridspec_kw={"height_ratios": [3, 0.35 * len(names) + 0.2]})

@@ -1,5 +1,6 @@
 """Ensembles and the overlap analysis (paper section 4) against hand and brute-force computations."""
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -221,6 +222,13 @@ def test_ensembles_experiment_stores_outputs_and_never_reads_test_labels_to_choo
     best = ex.comparison(result, "vote")
     assert list(best.b) == [r["single_test"][r["best_single"]] for r in result["seeds"]]
     assert len(ex.difference_rows(result)) == 7 and len(ex.bound_rows(result)) == 2
+    kept = json.loads(json.dumps(result))     # as a committed record reads it back: lists, not tuples
+    for part in ("val", "test"):
+        rows = ex.mean_intersections(kept, part)
+        assert rows == ex.mean_intersections(result, part)
+        assert sum(r["count"] for r in rows) == result["seeds"][0]["overlap"][part]["n"]
+    for f in (ex.accuracy_rows, ex.difference_rows, ex.bound_rows, ex.gap_closed):
+        assert f(kept) == f(result)
     s4 = ex.section4(cfg, seeds=2)            # the record's content: loads the same runs
     assert s4["ensembles"]["seeds"] == result["seeds"] and list(s4["histories"]) == ["barlow", "byol", "swav"]
     for key, h in s4["histories"].items():    # each run's monitors, one row an epoch

@@ -221,10 +221,17 @@ def mean_intersections(result: Mapping[str, Any], part: str = "val") -> list[dic
     counts: dict[tuple, list[int]] = {}
     for r in result["seeds"]:
         for row in r["overlap"][part]["intersections"]:
-            counts.setdefault(row["models"], []).append(row["count"])
+            counts.setdefault(tuple(row["models"]), []).append(row["count"])  # a record: lists
     rows = [{"models": tuple(result["names"][m] for m in models), "count": float(np.mean(c)),
              "sd": float(np.std(c, ddof=1)) if len(c) > 1 else 0.0} for models, c in counts.items()]
     return sorted(rows, key=lambda r: (-r["count"], len(r["models"])))
+
+
+def nested(result: Mapping[str, Any], part: str = "val") -> bool:
+    """Whether the models' right answers nest: on every seed, no other model gets an image of
+    ``part`` right that the reference gets wrong (the paper's reason to combine them is that
+    they do not)."""
+    return all(v == 0 for r in result["seeds"] for v in r["overlap"][part]["right_not_reference"].values())
 
 
 def overlap_rows(result: Mapping[str, Any], part: str = "val") -> list[dict]:
