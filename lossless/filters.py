@@ -153,9 +153,6 @@ def figure2(cfg: Mapping[str, Any], methods: str = "barlow,simclr,byol,swav", la
         weights[name] = layer_weights(nets[name], layer)
         initial[name] = layer_weights(backbone(c, None, split)[0], layer)
     first = wanted[0][0]
-    shown = {k: shown_filters(w) for k, w in weights.items()}
-    shown_init = {k: shown_filters(w) for k, w in initial.items()}
-    scale = max(float(np.abs(v).max()) for v in [*shown.values(), *shown_init.values()])
     c, path, ckpt = cfgs[first]
     maps = stage_maps(nets[first], split.data.images[test[image]], ckpt["mean"], ckpt["std"]) \
         if hasattr(nets[first], "layer4") else {}
@@ -171,17 +168,41 @@ def figure2(cfg: Mapping[str, Any], methods: str = "barlow,simclr,byol,swav", la
             imgs = split.data.images[chosen][order]
             tops[f"{name.split(',')[0]} ({name.split(', ')[-1]})\nchannel {ch}"] = (
                 imgs, [classes[labels_all[i]][:10] for i in pool[idx]])
+    return {**panels(weights, initial), "layer": layer,
+            "image": split.data.images[test[image]], "image_label": classes[labels_all[test[image]]],
+            "maps": maps, "maps_of": first, "top_images": tops}
+
+
+def panels(weights: Mapping[str, np.ndarray], initial: Mapping[str, np.ndarray]) -> dict:
+    """For backbones by name, a layer's ``weights`` beside its ``initial`` weights, as
+    ``viz.filter_mosaics`` draws them: the trained, initial and change mosaics on one shared
+    scale (the largest absolute weight of any of them, square mosaics), each filter's norm,
+    the ratio of the mean norms and the mean cosine of each filter to its initial weights."""
+    weights = {k: np.asarray(w, dtype=np.float32) for k, w in weights.items()}
+    initial = {k: np.asarray(initial[k], dtype=np.float32) for k in weights}
+    shown = {k: shown_filters(w) for k, w in weights.items()}
+    shown_init = {k: shown_filters(w) for k, w in initial.items()}
+    scale = max(float(np.abs(v).max()) for v in [*shown.values(), *shown_init.values()])
+    columns = int(np.ceil(np.sqrt(len(next(iter(weights.values()))))))  # square: the largest squares
     norms = {k: filter_norms(w) for k, w in weights.items()}
-    columns = int(np.ceil(np.sqrt(len(weights[first]))))  # a square mosaic: the largest squares
-    return {"layer": layer, "scale": scale, "weights": weights, "initial": initial,
+    return {"scale": scale, "weights": weights, "initial": initial,
             "mosaics": {k: mosaic(v, columns, scale=scale)[0] for k, v in shown.items()},
             "initial_mosaics": {k: mosaic(v, columns, scale=scale)[0] for k, v in shown_init.items()},
             "changes": {k: mosaic(shown[k] - shown_init[k], columns, scale=scale)[0] for k in shown},
             "norms": norms,
             "norm_ratio": {k: float(np.mean(norms[k]) / np.mean(filter_norms(initial[k]))) for k in weights},
-            "similarity": {k: float(np.mean(cosine_to(w, initial[k]))) for k, w in weights.items()},
-            "image": split.data.images[test[image]], "image_label": classes[labels_all[test[image]]],
-            "maps": maps, "maps_of": first, "top_images": tops}
+            "similarity": {k: float(np.mean(cosine_to(w, initial[k]))) for k, w in weights.items()}}
+
+
+def first_layer(cfg: Mapping[str, Any], path: Path, split) -> dict:
+    """The first convolution of the backbone of ``cfg`` (the paper's Figure 2 layer): its name,
+    its weights in the pretraining checkpoint ``path`` and at the initialisation the run started
+    from, as nested lists (what a record keeps: a few hundred numbers where the checkpoint is
+    megabytes)."""
+    net, _ = backbone(cfg, path, split)
+    layer = conv_layers(net)[0]
+    return {"layer": layer, "trained": layer_weights(net, layer).tolist(),
+            "initial": layer_weights(backbone(cfg, None, split)[0], layer).tolist()}
 
 
 def cosine_to(weights: np.ndarray, reference: np.ndarray) -> np.ndarray:

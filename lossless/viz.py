@@ -473,10 +473,16 @@ def pair_matrices(agreement: np.ndarray, error_correlation: np.ndarray, names: S
     return fig
 
 
-def filter_mosaics(fig2: dict):
-    """Figure 2: one row per backbone (from ``filters.figure2``): its filters at initialisation,
-    after training and the change, each weight a square on one shared scale (no smoothing); the
-    row says each filter's mean cosine to its initial weights and the norms' ratio."""
+def filter_mosaics(fig2: dict | None, missing: str = "no record"):
+    """Figure 2: one row per backbone (from ``filters.figure2`` or ``filters.panels``): its
+    filters at initialisation, after training and the change, each weight a square on one shared
+    scale (no smoothing); the row says each filter's mean cosine to its initial weights and the
+    norms' ratio. ``fig2=None``: an empty panel with ``missing`` across it."""
+    if fig2 is None:
+        fig, ax = plt.subplots(figsize=(6.0, 1.6))
+        ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+        ax.set_axis_off()
+        return fig
     names = list(fig2["mosaics"])
     parts = (("at initialisation", fig2["initial_mosaics"]), ("trained", fig2["mosaics"]),
              ("change (trained - initial)", fig2["changes"]))

@@ -234,6 +234,23 @@ def test_ensembles_experiment_stores_outputs_and_never_reads_test_labels_to_choo
     for key, h in s4["histories"].items():    # each run's monitors, one row an epoch
         assert [r["epoch"] for r in h] == list(range(1, cfg["compare_epochs"] + 1))
         assert h == runs.read_jsonl(Path(s4["compare"]["runs"][key]["pretraining"]["run"]) / "metrics.jsonl")
+    # each run's first convolution, as the record keeps it: the checkpoint's weights, and the
+    # weights the pretraining task itself starts from (its seeded build), not filters' own path
+    from lossless import filters, pretrain
+    split = ex.load_data(cfg, False)
+    for key, kept in s4["first_layers"].items():
+        method, _, net = key.partition(":")
+        c = ex.t1.compare_cfg(cfg, method, cfg["compare_epochs"], net or None)
+        ckpt = runs.load_checkpoint(Path(pretrain.pretrain(c)["backbone"]))
+        assert kept["layer"] == "stem.0"
+        assert np.array_equal(np.float32(kept["trained"]), ckpt["backbone"]["stem.0.weight"].numpy())
+        start = pretrain.build_task(c, split)[0].backbone.stem[0].weight.detach().numpy()
+        assert np.array_equal(np.float32(kept["initial"]), start)
+        assert not np.array_equal(start, np.float32(kept["trained"]))
+    drawn = filters.panels({k: v["trained"] for k, v in s4["first_layers"].items()},
+                           {k: v["initial"] for k, v in s4["first_layers"].items()})
+    assert drawn["scale"] == max(np.abs(np.float32(v[part])).max() for v in s4["first_layers"].values()
+                                 for part in ("trained", "initial"))
     flips = ex.flip_examples(cfg, result, seed=0, n=3)
     assert len(flips) == 2 and all(len(imgs) == len(titles) <= 3 for imgs, titles in flips.values())
 

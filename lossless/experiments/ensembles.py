@@ -23,10 +23,11 @@ import numpy as np
 from .. import config as config_mod
 from .. import runs
 from .. import ensemble as ens
+from .. import filters
 from ..errors import LosslessError
 from ..comparison import Comparison, rows
 from ..evaluate import mean_std
-from ..pretrain import load_data
+from ..pretrain import load_data, pretrain
 from ..tables import pm
 from . import table1 as t1
 
@@ -133,14 +134,22 @@ def section4(cfg: Mapping[str, Any], seeds: int = 5) -> dict:
     """Section 4 whole, as one result a record keeps: the methods comparison (``table1.compare``:
     every run of ``cfg.compare_methods`` pretrained for ``cfg.compare_epochs``, probed and
     fine-tuned on ``seeds`` labelled sets), each pretraining run's monitors by epoch (the length
-    rule reads them: ``table1.course``), and the ensembles of its classifiers with the overlap
-    analysis. Runs already made are loaded."""
+    rule reads them: ``table1.course``), the ensembles of its classifiers with the overlap
+    analysis, and each run's first convolution trained and at its initialisation
+    (``filters.first_layer``: the filters chapter draws a record's runs from them, since the
+    record keeps no checkpoint). Runs already made are loaded."""
     result = ensembles(cfg, seeds=seeds)
     compared = t1.compare(cfg, seeds=seeds, finetune_seeds=seeds)  # made by ensembles(): loaded
     histories = {k: runs.read_jsonl(Path(r["pretraining"]["run"]) / "metrics.jsonl")
                  for k, r in compared["runs"].items()}
+    split = load_data(cfg, False)
+    first_layers = {}  # each run's Figure 2 layer, trained and initial: the filters chapter draws them
+    for key, r in compared["runs"].items():
+        method, _, backbone = key.partition(":")
+        c = t1.compare_cfg(cfg, method, cfg["compare_epochs"], backbone or None)
+        first_layers[key] = filters.first_layer(c, Path(pretrain(c)["backbone"]), split)  # loaded
     return {"epochs": compared["epochs"], "seeds": seeds, "compare": compared, "histories": histories,
-            "ensembles": result}
+            "ensembles": result, "first_layers": first_layers}
 
 
 # ------------------------------------------------------------------ rows for the chapter
