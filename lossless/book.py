@@ -43,10 +43,13 @@ def package_digest(folder: Path | None = None) -> str:
 def write_record(result: dict, name: str, profile: str, out: str | Path | None = None) -> Path:
     """Save an experiment's result as the record a chapter shows when its rerun would not fit the
     book's time budget: ``benchmarks/results/<name>-<profile>.json`` (or ``out``), with the
-    processor (its bf16 kernels shift the last digits) and the time it finished."""
+    processor (its bf16 kernels shift the last digits) and the time it finished. Run folders
+    are kept relative to the runs root (``runs.portable``): a record names its runs, it does
+    not point into the maker's disk."""
     from .bench import cpu_name
     path = Path(out) if out else RECORDS / f"{name}-{profile}.json"
-    result = {**result, "cpu": cpu_name(mark_amx=True), "time": time.strftime("%Y-%m-%d %H:%M")}
+    result = {**runs.portable(result), "cpu": cpu_name(mark_amx=True),
+              "time": time.strftime("%Y-%m-%d %H:%M")}
     runs.write_json(path, result)
     return path
 

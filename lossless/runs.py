@@ -23,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -38,6 +39,26 @@ def runs_root(cfg: Mapping[str, Any]) -> Path:
 
 def config_hash(values: Mapping[str, Any]) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+RUN_FOLDER = re.compile(r"^[\w.-]+-[0-9a-f]{10}$")  # what run_dir names: {stage}-{config_hash}
+
+
+def portable(value: Any) -> Any:
+    """``value`` with every absolute path into a run folder made relative to the runs root
+    (``/home/me/lossless/runs/pretrain-barlow-e2ecdf4d47/backbone.pt`` ->
+    ``runs/pretrain-barlow-e2ecdf4d47/backbone.pt``), through dicts and lists: what a committed
+    record keeps, since the absolute folder is only the maker's. Other strings are unchanged."""
+    if isinstance(value, Mapping):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and value.startswith("/"):
+        parts = value.split("/")
+        at = next((i for i, part in enumerate(parts) if RUN_FOLDER.match(part)), None)
+        if at is not None:
+            return "/".join(["runs", *parts[at:]])
+    return value
 
 
 def run_dir(cfg: Mapping[str, Any], stage: str, keys: Mapping[str, Any]) -> Path:

@@ -173,6 +173,30 @@ def test_records_round_trip_and_a_damaged_one_names_its_file(tmp_path, monkeypat
         book.write_record({"n": n}, name, profile)
     assert [r["n"] for r in book.read_records("claims-fm", "smoke")] == [15, 30]
     assert book.read_records("claims-fm", "paper") == []
+    # run folders are kept relative to the runs root, wherever the maker's disk put them; a
+    # path that is not into a run folder, and a string that is not a path, stay as they are
+    made = {"run": "/home/me/x/runs/pretrain-barlow-e2ecdf4d47",
+            "seeds": [{"finetune_run": "/tmp/r/finetune-barlow-00e09dfab6/best.pt"}],
+            "runs": {"byol": "/w/runs/finetune-byol-0123456789"},
+            "data": "/usr/share/datasets/fashion-mnist", "command": "lossless x runs_dir=/tmp/y"}
+    book.write_record(made, "section4", "smoke")
+    kept = book.read_record("section4", "smoke")
+    assert kept["run"] == "runs/pretrain-barlow-e2ecdf4d47"
+    assert kept["seeds"][0]["finetune_run"] == "runs/finetune-barlow-00e09dfab6/best.pt"
+    assert kept["runs"] == {"byol": "runs/finetune-byol-0123456789"}
+    assert kept["data"] == made["data"] and kept["command"] == made["command"]
+
+
+def test_committed_records_name_their_runs_not_the_makers_disk():
+    """Every committed record keeps its run folders relative (``runs/<stage>-<hash>``): an
+    absolute path is only the maker's disk, and differs for every reader."""
+    import json
+    from lossless import book, runs
+    records = sorted(book.RECORDS.glob("*.json"))
+    assert len(records) >= 20
+    for path in records:
+        rec = json.loads(path.read_text())
+        assert runs.portable(rec) == rec, f"{path.name}: an absolute run path; write it with write_record"
 
 
 def test_calibration_error_against_hand_computation():
