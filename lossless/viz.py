@@ -396,6 +396,14 @@ def method_curves(histories: dict[str, list[dict]] | None, metrics: Sequence[str
     return epoch_curves(histories, metrics, width=3.4, marker="o", x="minutes")
 
 
+def missing_panel(text: str, size: tuple[float, float]):
+    """An empty figure with ``text`` across it: where a figure's record is missing."""
+    fig, ax = plt.subplots(figsize=size)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    ax.set_axis_off()
+    return fig
+
+
 def upset(rows: list[dict] | None, names: Sequence[str], title: str = "", missing: str = "no record"):
     """Intersection counts as an UpSet plot: one bar per exact subset of models (the models it
     gets right, the others wrong), over a dot matrix that says which subset. Drawn here rather
@@ -403,10 +411,7 @@ def upset(rows: list[dict] | None, names: Sequence[str], title: str = "", missin
     warns): ``rows`` as from ``ensemble.intersections`` (``models``, ``count``, optional ``sd``).
     ``rows=None``: an empty panel with ``missing`` across it."""
     if rows is None:
-        fig, ax = plt.subplots(figsize=(4.0, 2.4))
-        ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, fontsize=9)
-        ax.set_axis_off()
-        return fig
+        return missing_panel(missing, (4.0, 2.4))
     names = list(names)
     fig, (top, dots) = plt.subplots(2, 1, figsize=(max(4.0, 0.55 * len(rows) + 1.5), 1.6 + 0.35 * len(names) + 2),
                                     sharex=True, gridspec_kw={"height_ratios": [3, 0.35 * len(names) + 0.2]})
@@ -479,10 +484,7 @@ def filter_mosaics(fig2: dict | None, missing: str = "no record"):
     scale (no smoothing); the row says each filter's mean cosine to its initial weights and the
     norms' ratio. ``fig2=None``: an empty panel with ``missing`` across it."""
     if fig2 is None:
-        fig, ax = plt.subplots(figsize=(6.0, 1.6))
-        ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, fontsize=9)
-        ax.set_axis_off()
-        return fig
+        return missing_panel(missing, (6.0, 1.6))
     names = list(fig2["mosaics"])
     parts = (("at initialisation", fig2["initial_mosaics"]), ("trained", fig2["mosaics"]),
              ("change (trained - initial)", fig2["changes"]))

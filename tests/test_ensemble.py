@@ -166,6 +166,19 @@ def test_filter_mosaic_holds_exactly_the_weights_over_the_shared_scale():
     assert np.allclose(filters.shown_filters(many)[..., 0], many.mean(1))
     assert np.allclose(filters.filter_norms(w), [np.linalg.norm(x) for x in w])
     assert np.allclose(filters.cosine_to(w, 3 * w), 1) and np.allclose(filters.cosine_to(w, -w), -1)
+    # panels: both backbones on one scale, the largest |weight| of trained and initial alike
+    p = filters.panels({"a": w, "b": 2 * w}, {"a": -w, "b": 4 * w})
+    assert p["scale"] == pytest.approx(4 * np.abs(w).max())                # from an initial layer
+    assert p["similarity"] == pytest.approx({"a": -1.0, "b": 1.0}) and p["norm_ratio"]["b"] == pytest.approx(0.5)
+    assert np.allclose(np.nan_to_num(p["changes"]["a"]), np.nan_to_num(p["mosaics"]["b"]))  # w - (-w) = 2w
+
+
+def test_record_figures_without_a_record_say_so():
+    import matplotlib
+    matplotlib.use("Agg")
+    from lossless import viz
+    for fig in (viz.upset(None, [], missing="no record here"), viz.filter_mosaics(None, missing="no record here")):
+        assert [t.get_text() for ax in fig.axes for t in ax.texts] == ["no record here"]
 
 
 def test_layer_weights_and_top_activating():
