@@ -190,7 +190,6 @@ def test_records_round_trip_and_a_damaged_one_names_its_file(tmp_path, monkeypat
 def test_committed_records_name_their_runs_not_the_makers_disk():
     """Every committed record keeps its run folders relative (``runs/<stage>-<hash>``): an
     absolute path is only the maker's disk, and differs for every reader."""
-    import json
     from lossless import book, runs
     records = sorted(book.RECORDS.glob("*.json"))
     assert len(records) >= 20
