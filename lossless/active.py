@@ -339,11 +339,35 @@ def read_requests(path: Path, data, already: np.ndarray | None = None) -> np.nda
     return idx
 
 
-def answer(path: Path, data, labelled: np.ndarray, hidden_labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def request_header(path: Path) -> dict:
+    """What ``write_requests`` stored beside a request file (seed, round, strategy, ...); ``{}``
+    for a request file written by hand. A header that cannot be read is a one-line error."""
+    beside = Path(path).with_suffix(".npz")
+    if not beside.is_file():
+        return {}
+    try:
+        with np.load(beside, allow_pickle=False) as z:
+            return json.loads(str(z["header"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise LosslessError(f"{beside}: not a request header written by `lossless select` ({e}); "
+                            f"delete it to answer {Path(path).name} as a hand-written request") from None
+
+
+def answer(path: Path, data, labelled: np.ndarray, hidden_labels: np.ndarray | None = None,
+           pool: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The oracle: the true labels of a request file's images, from labels the training never saw
     (the pool's hidden labels, or ``hidden_labels`` for a layout whose pool has none on disk).
-    Returns (the new labelled indices, their labels)."""
+    ``pool``: the images the asking run may request (its unlabelled pool); any other image (its
+    validation or test images, another split's) is refused. Returns (the new labelled indices,
+    their labels)."""
     idx = read_requests(path, data, already=labelled)
+    if pool is not None:
+        outside = idx[~np.isin(idx, pool)]
+        if len(outside):
+            first = image_names(data, outside[:3])
+            raise LosslessError(f"{path}: {len(outside)} image(s) are not in this run's unlabelled pool "
+                                f"({', '.join(first)}{', ...' if len(outside) > 3 else ''}: validation, test or "
+                                f"another split's images); the oracle answers only pool images of the run that asked")
     labels = np.asarray(hidden_labels if hidden_labels is not None else data.labels)[idx]
     if (labels < 0).any():
         missing = image_names(data, idx[labels < 0][:3])
@@ -413,6 +437,10 @@ def answer_round(cfg, requests: Path, previous: Sequence[Path] = (), labels_file
     import torch
 
     from .pretrain import load_data
+    stored = request_header(Path(requests))
+    if "seed" in stored and int(stored["seed"]) != int(cfg["seed"]):
+        raise LosslessError(f"{requests} was written by the run with seed={stored['seed']}, whose pool differs "
+                            f"from seed={cfg['seed']}'s: answer it with seed={stored['seed']}")
     split = load_data(cfg, bool(cfg["progress"]))
     data = split.data
     asked = np.concatenate([read_requests(p, data) for p in previous] or [np.empty(0, dtype=np.int64)])
@@ -428,7 +456,7 @@ def answer_round(cfg, requests: Path, previous: Sequence[Path] = (), labels_file
                                 f"unlabeled/; give the tensor of that folder")
         hidden = data.labels.copy()
         hidden[pool_part] = values
-    idx, labels = answer(Path(requests), data, np.concatenate([split.labelled, asked]), hidden)
+    idx, labels = answer(Path(requests), data, np.concatenate([split.labelled, asked]), hidden, pool=split.unlabelled)
     names = image_names(data, idx)
     out = Path(str(requests) + ".answers.txt")
     runs.write_text(out, "".join(f"{n} {int(y)}\n" for n, y in zip(names, labels)))

@@ -206,3 +206,28 @@ def test_select_clusters_the_softmax_when_asked_and_defaults_to_al_budget(tmp_pa
     assert len(b) == 12 and not np.array_equal(a, b)                 # another space, other clusters
     assert main(["select", *common, "al_features=logits"]) == 2
     assert "al_features='logits' is not allowed" in capsys.readouterr().err
+
+
+def test_the_oracle_answers_only_the_asking_runs_pool(tmp_path, smoke_backbone, capsys):
+    """A request is answered only for the seed that wrote it, and only for images of that run's
+    unlabelled pool: another seed's run (whose pool holds this seed's validation images) is
+    refused, and so is a hand-written request naming validation or test images."""
+    import json
+
+    from lossless import config as config_mod
+    from lossless.cli import main
+    from lossless.pretrain import load_data
+    common = ["--profile", "smoke", "--quiet", f"runs_dir={tmp_path / 'runs'}", "al_clusters=10", "al_per_cluster=3"]
+    assert main(["select", "--strategy", "margin-kmeans", "--budget", "10", *common]) == 0
+    req = json.loads(capsys.readouterr().out)["requests"]
+    assert main(["answer", req, *common, "seed=3"]) == 2
+    assert "was written by the run with seed=0" in capsys.readouterr().err
+    assert main(["answer", req, *common]) == 0
+    assert json.loads(capsys.readouterr().out)["answered"] == 10
+    split = load_data(config_mod.load_profile("smoke", {}), False)
+    names = active.image_names(split.data, np.array([split.unlabelled[-1], split.val[0], split.test[0]]))
+    (tmp_path / "hand.txt").write_text("\n".join(names) + "\n")
+    assert main(["answer", str(tmp_path / "hand.txt"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "2 image(s) are not in this run's unlabelled pool" in err and names[1] in err and names[2] in err
+    assert not (tmp_path / "hand.txt.answers.txt").exists()
