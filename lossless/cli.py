@@ -383,11 +383,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LosslessError as exc:
         print(f"lossless: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a full disk wherever it strikes: one line, not a traceback
-        from .errors import DISK_FULL, disk_full_message
-        if exc.errno not in DISK_FULL:
+    except OSError as exc:  # a full disk or an unwritable folder wherever it strikes: one line
+        from .errors import DISK_FULL, disk_full_message, unwritable_message
+        if exc.errno in DISK_FULL:
+            print(f"lossless: error: {disk_full_message(Path(exc.filename or '.'), exc)}", file=sys.stderr)
+            return 2
+        message = unwritable_message(exc)
+        if message is None:
             raise
-        print(f"lossless: error: {disk_full_message(Path(exc.filename or '.'), exc)}", file=sys.stderr)
+        print(f"lossless: error: {message}", file=sys.stderr)
         return 2
     from . import distributed
     if distributed.info().is_main:

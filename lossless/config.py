@@ -146,6 +146,8 @@ TEXT = Domain("a string", lambda v: isinstance(v, str), ("[1, 2]", "{a: 1}"))
 BOOL = Domain("true or false", lambda v: isinstance(v, bool), ("maybe", "2"))
 POSITIVE_INT = at_least(1)
 NONNEG_INT = at_least(0)
+# a seed derives others (seed x 1000 + round for k-means), which scikit-learn takes below 2**32
+SEED = Domain("an integer from 0 to 1000000", lambda v: _finite(v) and 0 <= v <= 10**6, ("-1", "1000001", "x"))
 POSITIVE = Domain("a finite number > 0", lambda v: _finite(v) and v > 0, ("0", "-1", "nan", "inf", "x"))
 NONNEG = Domain("a finite number >= 0", lambda v: _finite(v) and v >= 0, ("-1e-3", "nan", "-inf", "x"))
 UNIT_INTERVAL_OPEN = Domain("a number in (0, 1)", lambda v: _finite(v) and 0 < v < 1, ("0", "1", "nan"))
@@ -189,7 +191,7 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
     "val_per_class": (100, "validation images per class carved from the training part",
         POSITIVE_INT),
     "seed": (0, "picks the split (and seeds training)",
-        NONNEG_INT),
+        SEED),
     "num_classes": (None, "nyu-dl21 only: number of classes (None: 800)",
         optional(at_least(2))),
     "synthetic_train": (2000, "synthetic: training images",

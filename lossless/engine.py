@@ -71,6 +71,13 @@ def step_seed(seed: int, step: int, rank: int = 0) -> int:
 
 
 # ------------------------------------------------------------------------------------ batches
+def check_batch_size(n: int, batch_size: int, key: str) -> None:
+    """A full batch needs ``batch_size`` of the ``n`` images; ``key`` is the setting to lower.
+    Stages call it before they make their run folder, so a wrong size leaves nothing behind."""
+    if n < batch_size:
+        raise LosslessError(f"{key}={batch_size} is larger than the {n} images to train on; lower {key}")
+
+
 class Batches:
     """Batches of uint8 images (and labels) drawn from ``images[indices]``.
 
@@ -82,18 +89,16 @@ class Batches:
     def __init__(self, images: np.ndarray, labels: np.ndarray | None, indices: np.ndarray,
                  batch_size: int, seed: int = 0, drop_last: bool = True, shuffle: bool = True,
                  dist_info: distributed.DistInfo | None = None, device: torch.device | str = "cpu",
-                 max_steps: int | None = None):
+                 max_steps: int | None = None, key: str = "batch_size"):
         self.images, self.labels = images, labels
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size, self.seed, self.drop_last, self.shuffle = batch_size, seed, drop_last, shuffle
         self.dist = dist_info or distributed.info()
         if batch_size % self.dist.world_size:
-            raise LosslessError(f"batch_size={batch_size} is not divisible by the {self.dist.world_size} "
+            raise LosslessError(f"{key}={batch_size} is not divisible by the {self.dist.world_size} "
                                 f"processes; choose a multiple of {self.dist.world_size}")
-        n = len(self.indices)
-        if drop_last and n < batch_size:
-            raise LosslessError(f"batch_size={batch_size} is larger than the {n} images to train on; "
-                                f"lower batch_size")
+        if drop_last:
+            check_batch_size(len(self.indices), batch_size, key)
         self.device = torch.device(device)
         self.max_steps = max_steps
         self.epoch = 0

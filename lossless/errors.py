@@ -63,3 +63,24 @@ def disk_errors(path: Path) -> Iterator[None]:
         if exc.errno in DISK_FULL:
             raise DiskFull(disk_full_message(Path(exc.filename) if exc.filename else path, exc)) from None
         raise
+
+
+# a folder that cannot be written or is not a folder: the user points the variable elsewhere
+UNWRITABLE = {errno.EROFS: "is on a read-only file system", errno.EACCES: "may not be written by this user",
+              errno.EPERM: "may not be written by this user", errno.ENOTDIR: "lies under a file, not a folder",
+              errno.EEXIST: "is a file where a folder is needed"}
+
+
+def unwritable_message(exc: OSError) -> str | None:
+    """One line for an OSError that a writable folder elsewhere fixes (read-only, forbidden, a
+    file where a folder belongs), naming the path and the variable that moves it; ``None`` for
+    any other error."""
+    if exc.errno not in UNWRITABLE:
+        return None
+    from .data.cache import cache_root
+    path = Path(exc.filename or ".").absolute()
+    cache = cache_root().absolute()
+    where = ("the data cache (LOSSLESS_CACHE)" if path == cache or cache in path.parents
+             else "the folder for run folders (runs_dir=... or LOSSLESS_RUNS)")
+    return (f"{path} {UNWRITABLE[exc.errno]} ({exc.strerror}); nothing was changed there: point {where} "
+            f"at a writable folder and run the command again")

@@ -20,7 +20,7 @@ from . import data as data_mod
 from . import config, distributed, runs
 from . import methods
 from .augment import Augmenter, channel_stats
-from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
+from .engine import Batches, Engine, EngineSettings, check_batch_size, resolve_device, resolve_precision
 from .models import build_backbone
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .probes import chosen_probes, embed, embedding_std, knn_accuracy, linear_probe_accuracy
@@ -196,6 +196,7 @@ def pretrain(cfg: Mapping[str, Any]) -> dict:
     dist = distributed.setup(device)
     progress = bool(cfg["progress"])
     split = load_data(cfg, progress)
+    check_batch_size(len(pretraining_indices(split)), cfg["ssl_batch_size"], "ssl_batch_size")
     run = pretrain_dir(cfg)
     with runs.claim(run):  # one process per run folder; a second command waits, then finds the result
         done = runs.find_result(run)
@@ -233,7 +234,7 @@ def _pretrain_run(cfg: Mapping[str, Any], run: Path, split: data_mod.Split, devi
 
     batch = cfg["ssl_batch_size"]
     batches = Batches(data.images, None, train_idx, batch, seed=cfg["seed"], dist_info=dist, device=device,
-                      max_steps=cfg["ssl_max_steps_per_epoch"])
+                      max_steps=cfg["ssl_max_steps_per_epoch"], key="ssl_batch_size")
     optimizer = optimizer_for(cfg, task)
     steps, epochs = len(batches), cfg["ssl_epochs"]
     schedule = lambda g: warmup_cosine(g, epochs * steps, cfg["ssl_warmup_epochs"] * steps)  # noqa: E731

@@ -141,7 +141,17 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     except FileNotFoundError:
         raise LosslessError(f"checkpoint {path} does not exist; run the stage that writes it first") from None
     except Exception as exc:  # pickle / zip errors come in many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = str(exc).strip()
+        if "Weights only load failed" in text:  # PyTorch's safe loader; its advice to load unsafely is left out
+            detail = [ln.replace("WeightsUnpickler error:", "").strip() for ln in text.splitlines()
+                      if ln.strip() and not ln.startswith(("Weights only load failed", "Please file an issue",
+                                                           "Check the documentation"))]
+            text = next((d for d in detail if d), "refused by the safe loader").rstrip(".")[:160]
+            if "GLOBAL" in text:  # a pickle that names functions or classes: it may run code
+                raise LosslessError(f"checkpoint {path} holds more than tensors and plain data ({text}): it was "
+                                    f"not written by lossless and may run code when loaded; do not load it with "
+                                    f"weights_only=False: delete it to start that stage again") from None
+        first = text.splitlines()[0] if text else ""
         raise LosslessError(f"checkpoint {path} could not be loaded ({type(exc).__name__}: {first}); it is "
                             f"corrupt or not a lossless checkpoint: delete it to start that stage again") from None
 

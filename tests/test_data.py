@@ -197,10 +197,20 @@ def test_image_of_another_size_or_mode_names_the_file(tmp_path):
         data.load_dataset(cfg_for("imagefolder", tmp_path / "c"), progress=False)
 
 
-def test_empty_class_folder_is_an_empty_split(tmp_path):
+def test_empty_class_folder_is_named(tmp_path):
     (tmp_path / "if" / "train" / "cat").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"holds no images: an empty split"):
+    with pytest.raises(DataError, match=r"class folder .*train/cat holds no images \(.*\.png.*\); add its images or remove it"):
         data.load_dataset(cfg_for("imagefolder", tmp_path / "if"), progress=False)
+
+
+def test_a_hidden_folder_is_no_class(tmp_path):
+    """Jupyter's ``.ipynb_checkpoints/`` (or ``.git/``) beside the class folders is no class 0."""
+    made = make_imagefolder(tmp_path / "if", per_class=12)
+    (tmp_path / "if" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "if" / "dog" / ".ipynb_checkpoints").mkdir()
+    ds = data.load_dataset(cfg_for("imagefolder", tmp_path / "if"), progress=False)
+    assert ds.classes == ("cat", "dog", "emu")
+    assert np.array_equal(ds.images[ds.labels == 1], np.stack(made["dog"]))
 
 
 def test_parallel_decode_matches_serial(tmp_path):

@@ -89,6 +89,7 @@ def test_book_accepts_the_chapters_own_parameters(tmp_path, capsys):
 
 def test_every_run_folder_follows_one_rule(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LOSSLESS_RUNS", raising=False)             # the default, whatever the caller's shell set
     assert book.book_dir("smoke", {}).parent == tmp_path / "runs"
     monkeypatch.setenv("LOSSLESS_RUNS", str(tmp_path / "elsewhere"))
     assert book.book_dir("smoke", {}).parent == tmp_path / "elsewhere"
@@ -390,3 +391,89 @@ def test_a_torchrun_group_restarted_after_a_worker_dies_finishes_bit_identical(t
     a = runs.load_checkpoint(next((tmp_path / "a").glob("*/checkpoints/last.pt")))["model"]
     b = runs.load_checkpoint(next((tmp_path / "b").glob("*/checkpoints/last.pt")))["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------ folders that cannot be written
+READ_ONLY = """
+set -e
+mount -t tmpfs -o ro tmpfs {mnt}
+set +e
+LOSSLESS_RUNS={mnt}/runs {python} -m lossless pretrain --profile smoke --quiet
+echo "runs=$?"
+LOSSLESS_CACHE={mnt}/cache {python} -m lossless data check --profile smoke
+echo "cache=$?"
+"""
+
+
+def _can_unshare() -> bool:
+    ok = shutil.which("unshare") is not None and subprocess.run(["unshare", "-Urm", "true"],
+                                                                capture_output=True).returncode == 0
+    if not ok and os.environ.get("CI"):
+        pytest.fail("unshare -Urm is not available: cannot mount a file system")
+    return ok
+
+
+def test_a_read_only_runs_folder_or_cache_is_one_line_naming_the_variable(tmp_path):
+    """LOSSLESS_RUNS or LOSSLESS_CACHE on a read-only mount: one line that names the folder and
+    the variable that moves it, no traceback, exit 2."""
+    if not _can_unshare():
+        pytest.skip("cannot mount a file system here")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    out = subprocess.run(["unshare", "-Urm", "bash", "-c", READ_ONLY.format(mnt=mnt, python=sys.executable)],
+                         capture_output=True, text=True, timeout=300)
+    assert "runs=2" in out.stdout and "cache=2" in out.stdout, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("lossless: error:")]
+    assert len(lines) == 2 == len(out.stderr.strip().splitlines()), out.stderr
+    assert f"{mnt}/runs" in lines[0] and "read-only file system" in lines[0] and "LOSSLESS_RUNS" in lines[0]
+    assert f"{mnt}/cache" in lines[1] and "read-only file system" in lines[1] and "LOSSLESS_CACHE" in lines[1]
+
+
+def test_lossless_runs_naming_a_file_is_one_line(tmp_path, monkeypatch, capsys):
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("not a folder\n")
+    monkeypatch.setenv("LOSSLESS_RUNS", str(a_file))
+    assert main(["pretrain", "--profile", "smoke", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(a_file) in err and "LOSSLESS_RUNS" in err, err
+    assert a_file.read_text() == "not a folder\n"                     # nothing lost
+
+
+def test_a_seed_too_large_is_refused_before_anything_is_written(tmp_path, capsys):
+    for command in (["data", "check"], ["pretrain"]):
+        assert main([*command, "--profile", "smoke", "--quiet", f"runs_dir={tmp_path / 'runs'}",
+                     "seed=99999999999999999999"]) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "seed=" in err and "1000000" in err, err
+    assert not (tmp_path / "runs").exists()
+    assert main(["data", "check", "--profile", "smoke", "seed=1000000"]) == 0  # the largest allowed
+
+
+def test_a_batch_larger_than_the_images_names_its_own_key_and_leaves_no_run_folder(tmp_path, capsys):
+    assert main(["pretrain", "--profile", "smoke", "--quiet", f"runs_dir={tmp_path / 'runs'}",
+                 "ssl_batch_size=5000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("lossless: error: ssl_batch_size=5000 is larger than the ")
+    assert err.endswith("lower ssl_batch_size"), err
+    assert not list((tmp_path / "runs").glob("pretrain-*")), list((tmp_path / "runs").rglob("*"))
+
+
+def test_a_checkpoint_that_runs_code_is_refused_without_advice_to_load_it_unsafely(tmp_path):
+
+    class Hostile:
+        def __reduce__(self):
+            return (os.system, ("echo owned > " + str(tmp_path / "owned"),))
+    path = tmp_path / "last.pt"
+    torch.save({"w": torch.ones(2), "x": Hostile()}, path)
+    with pytest.raises(LosslessError) as caught:
+        runs.load_checkpoint(path)
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and str(path) in message, message
+    assert "do not load it with weights_only=False" in message and "will likely succeed" not in message, message
+    assert "system" in message                                       # what the safe loader refused
+    assert not (tmp_path / "owned").exists()
+    (tmp_path / "garbage.pt").write_bytes(b"garbage")                # damaged, not hostile: the other message
+    with pytest.raises(LosslessError) as caught:
+        runs.load_checkpoint(tmp_path / "garbage.pt")
+    assert "could not be loaded" in str(caught.value) and "likely succeed" not in str(caught.value)

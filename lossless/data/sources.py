@@ -312,7 +312,7 @@ class ImageFolderSource(Source):
         split_dirs = {s: self.root / s for s in ("train", "val", "test") if (self.root / s).is_dir()}
         if "train" not in split_dirs:
             split_dirs = {"train": self.root}
-        class_dirs = sorted(p.name for p in split_dirs["train"].iterdir() if p.is_dir())
+        class_dirs = [p.name for p in _class_folders(split_dirs["train"])]
         if not class_dirs:
             raise DataError(f"imagefolder: {split_dirs['train']} has no class subfolders; "
                             f"arrange images as {split_dirs['train']}/<class_name>/<image>.png")
@@ -320,11 +320,14 @@ class ImageFolderSource(Source):
         self.items: dict[str, tuple[list[Path], np.ndarray]] = {}
         for split, folder in split_dirs.items():
             paths, labels = [], []
-            for entry in sorted(p for p in folder.iterdir() if p.is_dir()):
+            for entry in _class_folders(folder):
                 if entry.name not in self.classes:
                     raise DataError(f"imagefolder: {entry} is a class that {split_dirs['train']} "
                                     f"does not have; add it there or remove it")
                 files = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                if split == "train" and not files:
+                    raise DataError(f"imagefolder: class folder {entry} holds no images "
+                                    f"({', '.join(sorted(IMAGE_SUFFIXES))}); add its images or remove it")
                 paths += files
                 labels += [self.classes.index(entry.name)] * len(files)
             _check_nonempty(len(paths), folder)
@@ -343,6 +346,12 @@ class ImageFolderSource(Source):
 
 
 # --------------------------------------------------------------------------------------- helpers
+def _class_folders(folder: Path) -> list[Path]:
+    """The class subfolders of ``folder``, by name; hidden ones (``.ipynb_checkpoints``, ``.git``)
+    are no class."""
+    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
 def _copy_from(array: np.ndarray, transpose: tuple[int, ...] | None = None, chunk: int = 4096) -> Fill:
     def fill(out: np.ndarray, advance: Callable[[int], None]) -> None:
         for start in range(0, len(array), chunk):
