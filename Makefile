@@ -48,9 +48,13 @@ book: setup
 
 # The unit tests and nbval over every chapter with the smoke profile injected, on two workers;
 # nbval's run is the smoke book's execution (tests/nbval_book.py), which the rendering test then renders.
+# Then the numerically sensitive tests and the chapters with float checks once more under a second
+# family of CPU kernels (tests/conftest.py, OTHER_KERNELS): a check tighter than the arithmetic
+# fails on one of the two.
 test: setup
 	$(BIN)/lossless book --profile smoke --notebooks-only runs/nbval > /dev/null
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not render" tests --nbval-lax --nbval-current-env runs/nbval
+	LOSSLESS_OTHER_KERNELS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m kernels -p no:cacheprovider tests --nbval-lax --nbval-current-env runs/nbval
 	$(BIN)/python -m pytest -q -m render tests
 
 bench: setup

@@ -25,27 +25,52 @@ class Scores:
     margin: np.ndarray
 
 
+def _softmax_blocks(model: nn.Module, images: np.ndarray, prepare, device: torch.device,
+                    amp_dtype: torch.dtype | None, batch_size: int):
+    """(start, float32 softmax of rows ``start:start + batch_size``), block by block. Every
+    reader of a classifier's probabilities goes through these blocks, so two readers of the same
+    images see the same float32 numbers (a matrix product blocked otherwise rounds otherwise)."""
+    was = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+            with autocast_context(device, amp_dtype):
+                logits = model(prepare(batch))
+            yield start, torch.softmax(logits.float(), dim=1)
+    finally:
+        model.train(was)
+
+
 @torch.no_grad()
 def score(model: nn.Module, images: np.ndarray, prepare, device: torch.device,
           amp_dtype: torch.dtype | None = None, batch_size: int = 512) -> Scores:
     """Score (N, H, W, C) uint8 ``images``; ``prepare(uint8 batch) -> model input``. O(N) memory."""
-    was = model.training
-    model.eval()
     n = len(images)
     pred = np.empty(n, dtype=np.int32)  # 4 bytes an image: three numbers cost 12 bytes in all
     conf = np.empty(n, dtype=np.float32)
     margin = np.empty(n, dtype=np.float32)
-    for start in range(0, n, batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).to(device)
-        with autocast_context(device, amp_dtype):
-            logits = model(prepare(batch))
-        top = torch.softmax(logits.float(), dim=1).topk(2, dim=1)
-        end = start + len(batch)
+    for start, p in _softmax_blocks(model, images, prepare, device, amp_dtype, batch_size):
+        top = p.topk(2, dim=1)
+        end = start + len(p)
         pred[start:end] = top.indices[:, 0].cpu().numpy()
         conf[start:end] = top.values[:, 0].cpu().numpy()
         margin[start:end] = (top.values[:, 0] - top.values[:, 1]).cpu().numpy()
-    model.train(was)
     return Scores(pred, conf, margin)
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, images: np.ndarray, prepare, device: torch.device,
+                  amp_dtype: torch.dtype | None = None, batch_size: int = 512) -> np.ndarray:
+    """(N, C) float32 class probabilities, the very numbers :func:`score` ranks (same blocks):
+    for a reader who writes the margin out and must find :func:`score`'s values exactly. O(N C)
+    memory: a view of a pool, not the scoring path."""
+    out = np.empty((len(images), 0), dtype=np.float32)
+    for start, p in _softmax_blocks(model, images, prepare, device, amp_dtype, batch_size):
+        if start == 0:
+            out = np.empty((len(images), p.shape[1]), dtype=np.float32)
+        out[start:start + len(p)] = p.cpu().numpy()
+    return out
 
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:

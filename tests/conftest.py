@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,9 +16,38 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# A second family of CPU kernels: MKL's processor-independent code path, which rounds matrix
+# products otherwise, as another processor would (benchmarks/kernel_families.py shows which
+# variables change the numbers on a machine; PyTorch's ATEN_CPU_CAPABILITY=default does too, but
+# its scalar convolutions made the marked tests run for more than 15 minutes instead of 15 s).
+# `make test` runs the `kernels` tests a second time with LOSSLESS_OTHER_KERNELS=1, which sets
+# these before torch loads MKL (and for the chapters' kernels, which inherit the environment).
+OTHER_KERNELS = {"MKL_CBWR": "COMPATIBLE"}
+if os.environ.get("LOSSLESS_OTHER_KERNELS") == "1":
+    os.environ.update(OTHER_KERNELS)
+
+# a chapter that compares two computations of floats (its cells run again under OTHER_KERNELS)
+FLOAT_CHECK = re.compile(r"assert_close|assert_allclose|assert_array_equal|np\.isclose|math\.isclose")
+
+
 def pytest_configure(config):
     from nbval_book import NbvalBook
     config.pluginmanager.register(NbvalBook(), "nbval-book")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every cell of a chapter with a float check is a `kernels` test (nbval's items carry no
+    markers of their own): `pytest -m kernels` runs those chapters and the marked unit tests."""
+    checked: dict[str, bool] = {}
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.suffix != ".ipynb":
+            continue
+        if path not in checked:
+            source = Path(__file__).parent.parent / "book" / f"{path.stem}.md"
+            checked[path] = source.is_file() and FLOAT_CHECK.search(source.read_text()) is not None
+        if checked[path]:
+            item.add_marker(pytest.mark.kernels)
 
 
 @pytest.fixture(scope="session")

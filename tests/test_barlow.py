@@ -7,6 +7,8 @@ from lossless.methods.barlow import BarlowTwins, barlow_twins_loss, cross_correl
 from lossless.models import build_backbone
 from lossless.optim import LARS, split_decay_groups, warmup_cosine
 
+pytestmark = pytest.mark.kernels  # `make test` runs these again under a second family of CPU kernels
+
 
 def slow_barlow_loss(z1, z2, lambd, eps=1e-5):
     """The formula of section 3.3, written with plain loops over i and j."""

@@ -38,6 +38,7 @@ def nt_xent_slow(z1, z2, t):
     return total / n2
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
 def test_nt_xent_equals_a_loop_over_all_pairs(t):
     g = torch.Generator().manual_seed(3)
@@ -45,6 +46,7 @@ def test_nt_xent_equals_a_loop_over_all_pairs(t):
     assert float(nt_xent(z1, z2, t)) == pytest.approx(nt_xent_slow(z1, z2, t), rel=1e-5)
 
 
+@pytest.mark.kernels
 def test_nt_xent_is_low_for_matching_views_and_log_2n_minus_1_for_a_collapse():
     z = torch.eye(8) * 10
     assert float(nt_xent(z, z, 0.1)) < 1e-3
@@ -52,6 +54,7 @@ def test_nt_xent_is_low_for_matching_views_and_log_2n_minus_1_for_a_collapse():
     assert float(nt_xent(same, same, 0.5)) == pytest.approx(math.log(15), rel=1e-6)
 
 
+@pytest.mark.kernels
 # ------------------------------------------------------------------ BYOL
 def test_byol_loss_is_two_minus_two_cosine():
     g = torch.Generator().manual_seed(0)
@@ -67,6 +70,7 @@ def test_momentum_schedule_start_middle_end():
     assert all(momentum(s, 100) <= momentum(s + 1, 100) for s in range(100))
 
 
+@pytest.mark.kernels
 def test_ema_update_follows_its_formula():
     torch.manual_seed(0)
     online, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
@@ -111,6 +115,7 @@ def sinkhorn_slow(scores, eps, iters):
     return (q * b).T
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("iters", [1, 3])
 def test_sinkhorn_equals_a_slow_numpy_version(iters):
     g = torch.Generator().manual_seed(0)
@@ -119,6 +124,7 @@ def test_sinkhorn_equals_a_slow_numpy_version(iters):
     assert np.allclose(got, sinkhorn_slow(s.numpy(), 0.05, iters), rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.kernels
 def test_sinkhorn_codes_are_distributions_and_use_prototypes_equally():
     g = torch.Generator().manual_seed(1)
     s = torch.nn.functional.normalize(torch.randn(60, 6, generator=g), dim=1)
@@ -127,6 +133,7 @@ def test_sinkhorn_codes_are_distributions_and_use_prototypes_equally():
     assert torch.allclose(q.sum(0), torch.full((6,), 10.0, dtype=torch.float64), rtol=1e-3)  # B / K each
 
 
+@pytest.mark.kernels
 def test_swapped_prediction_equals_its_definition():
     g = torch.Generator().manual_seed(2)
     s = [torch.randn(5, 4, generator=g) for _ in range(3)]

@@ -42,7 +42,7 @@ from .. import active, runs
 from .. import config as config_mod
 from ..errors import ConfigError
 from ..comparison import Comparison
-from ..evaluate import Scores, mean_interval, score
+from ..evaluate import Scores, mean_interval, probabilities, score
 from ..features import frozen_features
 from ..finetune import cosine, finetune, std_floor
 from ..models import ClassifierHead
@@ -119,9 +119,10 @@ def head_scores(head: torch.nn.Module, x: np.ndarray) -> Scores:
     return score(head, np.asarray(x, dtype=np.float32), lambda b: b, torch.device("cpu"))
 
 
-@torch.no_grad()
-def head_softmax(head: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    return torch.softmax(head(torch.as_tensor(np.asarray(x, dtype=np.float32))), 1).numpy()
+def head_probabilities(head: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    """(N, C) class probabilities of ``head`` on feature rows: the very numbers :func:`head_scores`
+    ranks (the same blocks), so a margin written out from them equals its margin exactly."""
+    return probabilities(head, np.asarray(x, dtype=np.float32), lambda b: b, torch.device("cpu"))
 
 
 # ------------------------------------------------------------------ one seed, every strategy
@@ -175,7 +176,7 @@ def run_seed(cfg: Mapping[str, Any], seed: int, feats: np.ndarray, strategies: S
             path = out / f"seed{seed}" / f"{strategy}-round{r}.txt"
             active.write_requests(path, data, active.Selection(strategy, chosen, sel.score, sel.info),
                                   {"seed": seed, "round": r, "strategy": strategy, "budget": B, **sel.info})
-            idx, lab = active.answer(path, data, labelled=L)       # the oracle, through the request file
+            idx, lab = active.answer(path, data, labelled=L, pool=split.unlabelled)  # the oracle, through the request file
             predicted = dict(zip(pool[sel.positions].tolist(), scored[seed].prediction[sel.positions].tolist()))
             right = int(sum(predicted[i] == y for i, y in zip(idx.tolist(), lab.tolist())))
             L, yL = np.concatenate([L, idx]), np.concatenate([yL, lab])
@@ -202,7 +203,7 @@ def _choose(cfg, strategy: str, budget: int, rseed: int, pool: np.ndarray, feats
 
     def space(positions):  # the clustering space: the backbone's features or the head's softmax
         if cfg["al_features"] == "softmax":
-            return head_softmax(heads[main], xs[pool[positions]])
+            return head_probabilities(heads[main], xs[pool])[positions]  # the pool's blocks, as scored
         return feats[pool[positions]]
     return active.select(strategy, budget, rseed, margin=scored[main].margin, features=space,
                          **_common(cfg, num_classes))
@@ -222,7 +223,7 @@ def _intersection(cfg, name: str, budget: int, rseed: int, pool: np.ndarray, mod
     picks, margins = [], [m[3] for m in models.values()]
     for feats, xs, head, margin in models.values():
         def space(positions, feats=feats, xs=xs, head=head):
-            return head_softmax(head, xs[pool[positions]]) if cfg["al_features"] == "softmax" else feats[pool[positions]]
+            return head_probabilities(head, xs[pool])[positions] if cfg["al_features"] == "softmax" else feats[pool[positions]]
         picks.append(active.select("margin-kmeans", budget, rseed, margin=margin, features=space,
                                    **_common(cfg, num_classes)))
     pos = active.intersect([p.positions for p in picks], margins, budget, allow_empty=True)
@@ -479,7 +480,8 @@ def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: in
     pool = np.setdiff1d(split.unlabelled, split.labelled)
     sc = head_scores(head, xs[pool])
     cand = np.sort(active.margin_order(sc.margin)[:active.candidate_count(cfg["al_candidates"], len(pool))])
-    raw = head_softmax(head, xs[pool[cand]]) if cfg["al_features"] == "softmax" else np.asarray(feats[pool[cand]])
+    probabilities = head_probabilities(head, xs[pool])                 # the numbers sc.margin ranks
+    raw = probabilities[cand] if cfg["al_features"] == "softmax" else np.asarray(feats[pool[cand]])
     space = active.normalise(raw)                                     # what k-means sees
     clusters, _ = active.kmeans(space, cfg["al_clusters"] or data.num_classes, seed * 1000 + 1)
     stored = np.load(Path(result["run"]) / f"seed{seed}" / "margin-kmeans-round1.npz")["index"]
@@ -490,11 +492,10 @@ def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: in
     order = active.margin_order(sc.margin)
 
     def gallery(positions):
-        p = head_softmax(head, xs[pool[positions]])
+        p = probabilities[positions]
         top = np.argsort(-p, 1)[:, :2]
         return (data.images[pool[positions]],
                 [f"{data.classes[a][:7]}/{data.classes[b][:7]}\n{sc.margin[q]:.2g}" for q, (a, b) in zip(positions, top)])
-    probabilities = head_softmax(head, xs[pool])
     every = probabilities if cfg["al_features"] == "softmax" else np.asarray(feats[pool])
     return {"margin": sc.margin, "candidates": len(cand), "pool": len(pool),
             "probabilities": probabilities, "embedding": every,
