@@ -35,7 +35,6 @@ import torch
 from . import config as config_mod
 from . import kernels
 from .augment import Augmenter, barlow_twins_views
-from .methods import common as methods_common
 from .methods.barlow import BarlowTwins
 from .models import build_backbone
 from .optim import build_optimizer
@@ -155,17 +154,23 @@ def measure_task_step(task: torch.nn.Module, size: int, channels: int, precision
 
 
 @contextlib.contextmanager
-def step_path(name: str):
-    """``"lossless"``: the package's step as the engine runs it. ``"before"``: the same step with
+def step_path(name: str, task: torch.nn.Module):
+    """``"lossless"``: ``task``'s step as the engine runs it. ``"before"``: the same step with
     the two CPU fast paths off (the stock oneDNN weight gradient for every convolution, one
-    pass per view), the path the cpu profile's figures came from before them."""
-    before = (kernels.GEMM_MAX_PIXELS, methods_common.SHARE_PASS)
+    pass per view), the path the cpu profile's figures came from before them. The switches are
+    the task's and its convolutions' attributes, restored on the way out."""
+    convs = [m for m in task.modules() if isinstance(m, kernels.Conv2d)]
+    before = (task.share_pass, [c.gemm_max_pixels for c in convs])
     if name == "before":
-        kernels.GEMM_MAX_PIXELS, methods_common.SHARE_PASS = 0, False
+        task.share_pass = False
+        for c in convs:
+            c.gemm_max_pixels = 0
     try:
         yield
     finally:
-        kernels.GEMM_MAX_PIXELS, methods_common.SHARE_PASS = before
+        task.share_pass = before[0]
+        for c, v in zip(convs, before[1]):
+            c.gemm_max_pixels = v
 
 
 def compare_step_paths(model: dict, precision: str, device: torch.device, batch_size: int, rounds: int,
@@ -189,7 +194,7 @@ def compare_step_paths(model: dict, precision: str, device: torch.device, batch_
     compile_seconds = None
     for r in range(rounds + 1):
         for name, (path, step) in steps.items():
-            with step_path(path):
+            with step_path(path, task):
                 _sync(device)
                 t = time.perf_counter()
                 step()

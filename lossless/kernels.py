@@ -78,7 +78,7 @@ def uses_gemm_weight_grad(conv: nn.Conv2d, x: torch.Tensor, stride: tuple[int, i
     sh, sw = stride or conv.stride
     ho = (x.shape[-2] + 2 * conv.padding[0] - conv.kernel_size[0]) // sh + 1
     wo = (x.shape[-1] + 2 * conv.padding[1] - conv.kernel_size[1]) // sw + 1
-    return ho * wo <= GEMM_MAX_PIXELS
+    return ho * wo <= getattr(conv, "gemm_max_pixels", GEMM_MAX_PIXELS)
 
 
 def subsamples(conv: nn.Conv2d, x: torch.Tensor) -> bool:
@@ -96,7 +96,10 @@ def subsamples(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters, same state dict) with the CPU weight gradient above, and
-    a strided 1 x 1 convolution run as subsampling + stride 1 on a CPU (:func:`subsamples`)."""
+    a strided 1 x 1 convolution run as subsampling + stride 1 on a CPU (:func:`subsamples`).
+    ``gemm_max_pixels = 0`` turns the GEMM weight gradient off for this layer."""
+
+    gemm_max_pixels = GEMM_MAX_PIXELS
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stride = self.stride

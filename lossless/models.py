@@ -22,32 +22,34 @@ from .kernels import Conv2d
 
 FEATURE_DIM = 512
 
-# How many views a batch holds, stacked along dim 0 (set by ``per_view_statistics``).
-_VIEWS = 1
-
-
 @contextlib.contextmanager
-def per_view_statistics(views: int) -> Iterator[None]:
-    """Inside, a training-mode batch norm of this module normalises each of ``views`` equal
-    chunks of its batch with that chunk's own statistics (and updates its running averages
-    once per chunk, in order), exactly as if each view went through the network alone. So
-    the views of a self-supervised step can share one pass (batch-512 convolutions instead of
-    two batch-256 ones, faster on a CPU) without changing what the method computes."""
-    global _VIEWS
-    before, _VIEWS = _VIEWS, views
+def per_view_statistics(views: int, *modules: nn.Module) -> Iterator[None]:
+    """Inside, every training-mode batch norm of this module's kind within ``modules``
+    normalises each of ``views`` equal chunks of its batch with that chunk's own statistics (and
+    updates its running averages once per chunk, in order), exactly as if each view went through
+    the network alone. So the views of a self-supervised step can share one pass (batch-512
+    convolutions instead of two batch-256 ones, faster on a CPU) without changing what the
+    method computes. Each norm's ``views`` attribute says how many chunks it splits into."""
+    norms = [m for module in modules for m in module.modules() if isinstance(m, _PerViewNorm)]
+    before = [m.views for m in norms]
+    for m in norms:
+        m.views = views
     try:
         yield
     finally:
-        _VIEWS = before
+        for m, v in zip(norms, before):
+            m.views = v
 
 
 class _PerViewNorm:
+    views = 1  # how many views a batch holds, stacked along dim 0 (set by ``per_view_statistics``)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _VIEWS == 1 or not (self.training or self.running_mean is None):
+        if self.views == 1 or not (self.training or self.running_mean is None):
             return super().forward(x)
-        if x.shape[0] % _VIEWS:
-            raise ValueError(f"a batch of {x.shape[0]} does not split into {_VIEWS} equal views")
-        return torch.cat([super(_PerViewNorm, self).forward(c) for c in x.chunk(_VIEWS)])
+        if x.shape[0] % self.views:
+            raise ValueError(f"a batch of {x.shape[0]} does not split into {self.views} equal views")
+        return torch.cat([super(_PerViewNorm, self).forward(c) for c in x.chunk(self.views)])
 
 
 class BatchNorm2d(_PerViewNorm, nn.BatchNorm2d):

@@ -479,7 +479,7 @@ def pair_matrices(agreement: np.ndarray, error_correlation: np.ndarray, names: S
 
 
 def filter_mosaics(fig2: dict | None, missing: str = "no record"):
-    """Figure 2: one row per backbone (from ``filters.figure2`` or ``filters.panels``): its
+    """Figure 2: one row per backbone (from ``experiments.filters.figure2`` or ``filters.panels``): its
     filters at initialisation, after training and the change, each weight a square on one shared
     scale (no smoothing); the row says each filter's mean cosine to its initial weights and the
     norms' ratio. ``fig2=None``: an empty panel with ``missing`` across it."""

@@ -67,7 +67,7 @@ class BYOL(ViewTask):
     def forward(self, views: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         q1, q2 = (self.predictor(z) for z in self.embed_views(views))
         with torch.no_grad():
-            t1, t2 = embed_views(self.target_backbone, self.target_projector, views)
+            t1, t2 = embed_views(self.target_backbone, self.target_projector, views, self.share_pass)
         with torch.autocast(q1.device.type, enabled=False):
             loss = byol_loss(q1, t2) + byol_loss(q2, t1)
         return {"loss": loss, "tau": self.tau.detach().float()}
