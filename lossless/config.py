@@ -207,7 +207,7 @@ PARAMETERS: dict[str, tuple[Any, str, Domain]] = {
     # --- running ---
     "device": ("auto", "auto | cpu | cuda | cuda:N",
         DEVICE),
-    "precision": ("auto", "auto (bf16 on CPU and recent GPUs) | bf16 | fp16 (GPU) | fp32",
+    "precision": ("auto", "auto (bf16 on recent GPUs and on CPUs with AVX-512 BF16 or AMX, else fp32 or fp16) | bf16 | fp16 (GPU) | fp32",
         choice("auto", "bf16", "fp16", "fp32")),
     "channels_last": (True, "NHWC memory layout for convolutions (much faster with bf16 on CPU)",
         BOOL),

@@ -51,11 +51,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX tiles). Elsewhere bf16 is
+    emulated: the cpu profile's Barlow Twins step took 11.6 s in bf16 against 1.7 s in fp32 on
+    a 2-core AMD EPYC with AVX2 only."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on CPU (AMX makes it 2-10x faster than fp32) and on GPUs that have it."""
+    """``auto``: bf16 on a CPU that computes it natively (AVX-512 BF16 or AMX, where it is 2-10x
+    faster than fp32), fp32 on any other CPU; bf16 on GPUs that have it, fp16 on the others."""
     if name == "auto":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             return torch.float16
+        if device.type == "cpu" and not cpu_has_bf16():
+            return None
         return torch.bfloat16
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
     if name not in table:

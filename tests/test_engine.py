@@ -185,3 +185,14 @@ def test_pretrain_command_survives_a_kill(tmp_path):
     straight = subprocess.run(args + [f"runs_dir={tmp_path / 'a'}"], cwd=HERE.parent, capture_output=True, text=True)
     reference = json.loads(straight.stdout.strip().splitlines()[-1])
     assert_same_weights(weights(reference), weights(resumed))
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch):
+    """Emulated bf16 made the cpu profile's step 7x slower than fp32 on an AVX2-only EPYC."""
+    from lossless import engine
+    cpu = torch.device("cpu")
+    for avx512_bf16, amx, want in ((False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert engine.resolve_precision("auto", cpu) is want, (avx512_bf16, amx)
+        assert engine.resolve_precision("bf16", cpu) is torch.bfloat16      # asked for, it is given
