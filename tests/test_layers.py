@@ -120,3 +120,15 @@ def test_the_checks_see_what_they_guard(tmp_path):
                    "    kernels.A, common.SHARE_PASS = 1, False\n    setattr(common, 'B', 2)\n    x.y = 1\n")
     assert {layer_of(n) for _, n in imports(bad, "lossless.probe")} >= {"viz", "tables"}
     assert len(module_writes(bad, "lossless.probe")) == 5, module_writes(bad, "lossless.probe")
+
+
+def test_the_readme_names_every_module_in_its_layer():
+    """The README's layout is the newcomer's map: each module of the package, and each
+    experiment, is named in it, and no more than 120 lines hold it."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    names = {p.stem for p in PACKAGE.glob("*.py") if not p.stem.startswith("_")} | \
+            {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} | \
+            {p.stem for p in (PACKAGE / "experiments").glob("*.py") if not p.stem.startswith("_")}
+    missing = sorted(n for n in names if f"`{n}`" not in readme)
+    assert not missing, f"the README's layout leaves out {missing}"
+    assert len(readme.splitlines()) <= 120
