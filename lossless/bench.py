@@ -497,16 +497,20 @@ def run_methods_bench(device_name: str = "auto", out: str | None = None, quick: 
     """One training step of each self-supervised method on the same backbone (the ``profile``'s,
     at its image size, with its method settings), bf16 + channels_last where the device has it:
     images per second, GFLOP per image, MFU, and each method's rate over Barlow Twins' measured
-    in the same run (the methods add only a head and a loss, so the ratios should be near 1)."""
+    in the same run (the methods add only a head and a loss, so the ratios should be near 1).
+    The precision is the engine's ``auto`` (fp32 on a CPU without native bf16); ``quick`` also
+    measures the ceiling on a smaller product."""
     from . import methods
-    from .engine import resolve_device
+    from .engine import resolve_device, resolve_precision
     device = resolve_device(device_name)
+    dtype = resolve_precision("auto", device) or torch.float32
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}[dtype]
     cfg = config_mod.load_profile(profile)
     names = list(names or methods.METHODS)
     native = {"fashion-mnist": (28, 1), "synthetic": (cfg["synthetic_size"], cfg["synthetic_channels"])}
     size, channels = native.get(cfg["dataset"], (96, 3))
     size = cfg.get("image_size") or size
-    ceiling = matmul_ceiling(device, torch.bfloat16)["best"]
+    ceiling = matmul_ceiling(device, dtype, **({"n": 1024, "repeats": 2} if quick else {}))["best"]
     batch, steps = cfg["ssl_batch_size"] if device.type == "cuda" else 256, (3 if quick else 10)
     records = []
     for name in names:
@@ -516,9 +520,9 @@ def run_methods_bench(device_name: str = "auto", out: str | None = None, quick: 
                                   layer4_stride=cfg["layer4_stride"], image_size=size, maxpool=cfg["maxpool"])
         aug = Augmenter(method.views(cfg, size), [0.5] * channels, [0.25] * channels)
         task = method.build(cfg, backbone, aug, 100).to(device).to(memory_format=torch.channels_last)
-        r = measure_task_step(task, size, channels, "bf16", device, batch, steps, warmup=2)
+        r = measure_task_step(task, size, channels, precision, device, batch, steps, warmup=2)
         rec = {"method": name, "backbone": f"{cfg['backbone']} w{cfg['width']:g}", "resolution": size,
-               "precision": "bf16+channels_last", **r, "gflop_per_img": r["flops_per_img"] / 1e9,
+               "precision": f"{precision}+channels_last", **r, "gflop_per_img": r["flops_per_img"] / 1e9,
                "mfu": r["img_per_s"] * r["flops_per_img"] / ceiling}
         records.append(rec)
         print(f"{name:<8} {rec['img_per_s']:9.1f} img/s  {rec['gflop_per_img']:.3f} GFLOP/img  "
@@ -528,6 +532,6 @@ def run_methods_bench(device_name: str = "auto", out: str | None = None, quick: 
         r["vs_barlow"] = r["img_per_s"] / base if base else None
     result = {"benchmark": "methods", "profile": profile, "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "cpu": cpu_name() if device.type == "cpu" else str(device),
-              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "ceiling_bf16_flops": ceiling, "batch_size": batch,
+              "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "ceiling_flops": ceiling, "ceiling_precision": precision, "batch_size": batch,
               "records": records}
     return _write_result(result, out or f"benchmarks/results/methods-{device.type}.json")

@@ -27,15 +27,16 @@ def bench_header(result: dict) -> str:
 def methods_rows(result: dict) -> list[dict]:
     """One row per method of a ``lossless bench train --method all`` result."""
     return [{"method": r["method"], "backbone": r["backbone"], "px": r["resolution"], "precision": r["precision"],
-             "img/s": r["img_per_s"], "GFLOP/img": r["gflop_per_img"], "MFU (bf16 ceiling)": r["mfu"],
+             "img/s": r["img_per_s"], "GFLOP/img": r["gflop_per_img"], "MFU": r["mfu"],
              "vs Barlow Twins": f"{r['vs_barlow']:.2f}x"} for r in result["records"]]
 
 
 def methods_header(result: dict) -> str:
     """Where and when the methods' benchmark ran, and its batch."""
     return (f"Measured {result['time']} on `{result['device']}` ({result.get('cpu', '')}, {result['threads']} "
-            f"threads, torch {result['torch']}), batch {result['batch_size']}; matmul ceiling bf16 "
-            f"{result['ceiling_bf16_flops'] / 1e9:,.0f} GFLOP/s.")
+            f"threads, torch {result['torch']}), batch {result['batch_size']}; MFU against the matmul ceiling "
+            f"in {result.get('ceiling_precision', 'bf16')}, "
+            f"{result.get('ceiling_flops', result.get('ceiling_bf16_flops', 0)) / 1e9:,.0f} GFLOP/s.")
 
 
 def bench_table(path: str | Path) -> str:
