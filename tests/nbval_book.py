@@ -44,7 +44,11 @@ class NbvalBook:
         self.seconds: dict[str, float] = {}
         self.saved_env: dict[str, str | None] | None = None
         self.worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
-        if not self.worker:                             # nothing staged by an earlier session is adopted
+        # the second pass under other kernels (conftest.OTHER_KERNELS) checks; it is not the book's
+        # execution: adopting its chapters would give them new times, and every later chapter's key
+        # (which chains the times) would change, so the rendering test would run them again
+        self.adopt = os.environ.get("LOSSLESS_OTHER_KERNELS") != "1"
+        if self.adopt and not self.worker:              # nothing staged by an earlier session is adopted
             for old in (self.out_dir / "executed").glob(".*.nbval.*"):
                 old.unlink()
 
@@ -81,7 +85,7 @@ class NbvalBook:
         if nextitem is None or getattr(nextitem, "parent", None) is not item.parent:   # the notebook's last cell
             self._restore_env()
             stem = self._chapter(item)
-            if stem not in self.failed:
+            if stem not in self.failed and self.adopt:
                 self._stage(stem, item.parent.nb)
 
     def _restore_env(self):
@@ -107,7 +111,7 @@ class NbvalBook:
         give it (in the one process that saw every worker finish); the first chapter neither
         current nor staged (failed, not run) ends the chain, as a changed chapter makes every
         later one rerun in a build."""
-        if self.worker:
+        if self.worker or not self.adopt:
             return
         import jupytext
         before, executed = "", self.out_dir / "executed"
