@@ -67,6 +67,30 @@ def read_record(name: str, profile: str, remake: str | None = None) -> dict | No
                             f"make it again with `{remake or f'lossless experiment {name} --profile {profile}'}`") from None
 
 
+GLUED_WORDS = 12  # a glued string longer than this is a sentence: it belongs in the markdown
+
+
+def words(text: str) -> int:
+    """The words of a glued string, as a reader counts them: tokens with a letter, leaving out a
+    command's options, settings and paths (``--seeds``, ``ssl_epochs=18``, ``runs/x``) and numbers."""
+    return sum(1 for t in text.split() if any(ch.isalpha() for ch in t) and not t.startswith("-")
+               and "=" not in t and "/" not in t)
+
+
+def glue_all(values: Mapping[str, Any]) -> None:
+    """Glue a chapter's named numbers and short words for its prose (``{glue:text}`name:.2f```),
+    without showing them. A string of more than :data:`GLUED_WORDS` words is refused: English
+    is written in the chapter's markdown, and a glued value fills a gap in it."""
+    from myst_nb import glue
+    long = {k: v for k, v in values.items() if isinstance(v, str) and words(v) > GLUED_WORDS}
+    if long:
+        key, text = next(iter(long.items()))
+        raise ValueError(f"glue_all: {key!r} is {words(text)} words ({text[:60]!r}...); glue numbers and "
+                         f"short words (at most {GLUED_WORDS}), and write the sentence in the markdown")
+    for key, value in values.items():
+        glue(key, value, display=False)
+
+
 def read_records(prefix: str, profile: str) -> list[dict]:
     """Every record ``<prefix>...-<profile>.json`` (e.g. the claims at other FixMatch lengths,
     ``claims-fm15-cpu.json``), in the order of their names."""

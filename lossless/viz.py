@@ -244,6 +244,24 @@ def precision_curve(rows: list[dict]):
     return fig
 
 
+def seeds(result: dict, labels: dict[str, str]):
+    """Test accuracy of every method, one dot per seed (methods down the side, so their names
+    stay readable; the bar is the mean); a method run on fewer seeds says how many."""
+    methods = list(result["summary"])[::-1]
+    fig, a = plt.subplots(figsize=(6.8, 0.8 + 0.32 * len(methods)))
+    n = len(result["seeds"])
+    for i, m in enumerate(methods):
+        vals = [100 * r[m] for r in result["seeds"] if m in r]  # FixMatch: its first seeds only
+        a.scatter(vals, np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), s=12)
+        a.vlines(np.mean(vals), i - 0.3, i + 0.3, color="black", lw=1.2)
+    a.set_yticks(range(len(methods)), [labels.get(m, m) + ("" if result["summary"][m]["n"] == n else
+                                                           f" ({result['summary'][m]['n']} seeds)")
+                                       for m in methods])
+    a.set_xlabel(f"test accuracy % ({n} labelled sets)")
+    fig.tight_layout()
+    return fig
+
+
 def seeds_and_budget(result: dict, labels: dict[str, str]):
     """Left: test accuracy of every method, one dot per seed (methods down the side, so their
     names stay readable). Right: accuracy against labels per class for a random and a

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -277,3 +277,73 @@ def best_reached(records: list[Mapping[str, Any]]) -> dict:
                 best = {"recipe": name, "record": rec, "seeds": s["seeds"],
                         "linear_test": s["linear_test"]["mean"], "knn_test": s["knn_test"]["mean"]}
     return best
+
+
+# the backbone's targets: (what, the key it is read from, the goal, the direction, the unit)
+TARGETS = (("linear probe, frozen features (test)", "linear_probe", 0.82, ">=", "%"),
+           ("k-NN probe, frozen features (test)", "knn_probe", 0.80, ">=", "%"),
+           ("linear probe minus pixels' logistic regression", "linear_probe-pixel_linear", 0.04, ">=", "pt"),
+           ("k-NN probe minus pixels' k-NN", "knn_probe-pixel_knn", 0.04, ">=", "pt"),
+           ("validation k-NN: best epoch minus the last", "knn_below_best", 0.005, "<=", "pt"),
+           ("pretraining minutes", "minutes", 20, "<=", "min"))
+
+
+def targets(result: Mapping[str, Any], knn_course: Sequence[float]) -> list[dict]:
+    """The backbone against :data:`TARGETS`: a claims result's probes (means over its seeds; the
+    differences from the pixels paired by seed), the validation k-NN's course over the
+    pretraining epochs, and the pretraining minutes. One row per target."""
+    S = result["summary"]
+    got = {"linear_probe": S["linear_probe"]["mean"], "knn_probe": S["knn_probe"]["mean"],
+           "knn_below_best": max(knn_course) - knn_course[-1],
+           "minutes": result["pretraining"]["train_seconds"] / 60}
+    for a, b in (("linear_probe", "pixel_linear"), ("knn_probe", "pixel_knn")):
+        c = Comparison.paired(result["seeds"], a, b)
+        got[f"{a}-{b}"] = c.mean
+        got[f"{a}-{b} interval"] = c.interval()
+    out = []
+    for what, key, goal, op, unit in TARGETS:
+        v = got[key]
+        shown, aim = {"%": (f"{100 * v:.2f}%", f"{op} {100 * goal:.0f}%"),
+                      "pt": (f"{100 * v:+.2f} points", f"{op} {100 * goal:g} points"),
+                      "min": (f"{v:.1f}", f"{op} {goal}")}[unit]
+        if f"{key} interval" in got:
+            shown += f" {got[key + ' interval']}"
+        out.append({"measure": what, "measured": shown, "target": aim,
+                    "met": "yes" if (v >= goal if op == ">=" else v <= goal) else "no"})
+    return out
+
+
+def values(first: Mapping[str, Any], second: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What the study's appendix glues: the rounds' provenance, the first round's best recipe and
+    its difference, the recipes worth taking, the best reached, and the levers that moved."""
+    from . import table1 as t1
+    from ..book import read_record
+    rounds = [first, second]
+    best = first["best_by_validation"]
+    top = best_reached(rounds)
+    moved = sorted({r["lever"] for r in lever_rows(rounds) if r["_gains"]})
+    wide = second["summary"].get("resnet18-width-0.375")
+    s4 = read_record("section4", cfg["profile"])
+    ahead = []
+    if s4:
+        rc = s4["compare"]
+        ahead = list(dict.fromkeys(t1.labels(rc)[k] for k in rc["runs"] if k != "barlow"
+                                   for m in ("linear_probe", "knn_probe")
+                                   if t1.comparison(rc, k, "barlow", m).verdict() == "a gain"))
+    linear_goal, knn_goal = TARGETS[0][2], TARGETS[1][2]
+    return {"scr_epochs": first["epochs"], "scr_when": f"{first['time']} on {first['cpu']}",
+            "scr_remake": first.get("command", "lossless experiment screen --record"),
+            "scr_best": best, "scr_best_points": 100 * comparison(first, best, "linear_val").mean
+            if best != first["reference"] else 0.0,
+            "scr_adoptable": ", ".join(adoptable(first)) or "none",
+            "scr_taken": taken(first, cfg) or "nothing",
+            "scr2_when": f"{second['time']} on {second['cpu']}", "scr2_remake": second.get("command", ""),
+            "scr2_adoptable": ", ".join(adoptable(second)) or "none",
+            "scr_top": "the profile's own recipe" if top["recipe"] == top["record"]["reference"] else top["recipe"],
+            "scr_top_seeds": top["seeds"], "scr_top_linear": top["linear_test"], "scr_top_knn": top["knn_test"],
+            "scr_linear_short": 100 * (linear_goal - top["linear_test"]),
+            "scr_knn_short": 100 * (knn_goal - top["knn_test"]),
+            "scr_moved": ", ".join(LEVER_WORDS[m].split(" (")[0] for m in moved) or "none",
+            "scr_wide_ratio": (wide["minutes"] / second["summary"][second["reference"]]["minutes"]
+                               if wide else float("nan")),
+            "scr_s4_ahead": ", ".join(ahead) or "none"}
