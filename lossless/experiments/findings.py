@@ -121,6 +121,8 @@ def findings(ev: Mapping[str, Any]) -> list[Finding]:
         out.append(Finding("fixmatch", "(not in the paper) the pipeline beats FixMatch", "not measured",
                            f"vs {_pct(S['fixmatch']['mean'])}", c, "results", f"{where[:-8]}{c.n} seeds"))
     s4 = ev["section4"]
+    if s4 is None:  # evidence(section4=False)
+        return out
     for c in t1.comparisons(s4["compare"], "finetune"):
         other = c.what.split(" minus ")[-1]
         out.append(Finding("vs_" + c.arms[1].replace(":", "_"), f"Barlow Twins beats {other}", f"43.46% vs {_paper(c.arms[1])}",
