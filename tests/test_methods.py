@@ -535,6 +535,10 @@ def test_the_length_rule_reads_whether_a_curve_has_flattened():
     assert t1.course(flat)["flat"] and t1.course(flat)["last_quarter_rise"] == pytest.approx(0.001)
     p = t1.course(peaked)
     assert p["flat"] and p["best_epoch"] == 4 and p["last"] == 0.751
+    # peaked mid-run, then its last quarter recovered part of the fall: not "still rising"
+    dipped = run([0.60, 0.70, 0.74, 0.80, 0.72, 0.72, 0.75, 0.76])  # epochs 7-8 +3.5 over 5-6
+    d = t1.course(dipped)
+    assert d["last_quarter_rise"] == pytest.approx(0.035) and d["best_epoch"] == 4 and d["flat"]
     rows = t1.course_rows({"a": rising, "b": flat}, {"a": "A"})
     assert [r["the curve"] for r in rows] == ["still rising", "flattened"] and rows[1]["run"] == "b"
     assert t1.course_words(rows) == ("b flattened; A still rising", ["A"])

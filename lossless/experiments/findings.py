@@ -65,19 +65,22 @@ def evidence(cfg: Mapping[str, Any], seeds: int, compare_seeds: int, budget_seed
     from_record = bool(rec) and not record_backbone(rec, cfg) and len(rec["seeds"]) > seeds and not asks
     run = None if from_record else cl.book_run(cfg, seeds, budget_seeds, supervised_grid, all_rules,
                                                  fixmatch_seeds)[0]
-    s4 = read_record("section4", profile)
-    if not section4:
-        section4, s4_source = None, "not asked for"
-    elif s4:
-        section4, s4_source = s4, f"the record, {s4['epochs']} epochs each"
-    else:
-        section4 = {"epochs": cfg["compare_epochs"], "seeds": compare_seeds,
-                    "compare": t1.compare(cfg, seeds=compare_seeds),
-                    "ensembles": en.ensembles(cfg, seeds=compare_seeds)}
-        s4_source = f"this build, {cfg['compare_epochs']} epochs each"
+    s4, s4_source = section4_evidence(cfg, compare_seeds) if section4 else (None, "not asked for")
     claims = rec if from_record else run
     return {"claims": claims, "claims_source": "the record" if from_record else "this build",
-            "section4": section4, "section4_source": s4_source, "record": rec, "run": run}
+            "section4": s4, "section4_source": s4_source, "record": rec, "run": run}
+
+
+def section4_evidence(cfg: Mapping[str, Any], compare_seeds: int) -> tuple[dict, str]:
+    """Section 4's one answer (the methods, their ensembles, their filters): the profile's
+    ``section4`` record, every run pretrained for the main line's length, where it has at least
+    ``compare_seeds`` labelled sets; otherwise this build's :func:`lossless.experiments.ensembles.section4` at ``compare_epochs``
+    on ``compare_seeds`` labelled sets (the same structure). Returns it and its source in words."""
+    from ..book import read_record
+    s4 = read_record("section4", cfg["profile"])
+    if s4 and s4["seeds"] >= compare_seeds:
+        return s4, "the record"
+    return en.section4(cfg, seeds=compare_seeds), "this build"
 
 
 def _pct(x: float) -> str:
@@ -126,12 +129,12 @@ def findings(ev: Mapping[str, Any]) -> list[Finding]:
     for c in t1.comparisons(s4["compare"], "finetune"):
         other = c.what.split(" minus ")[-1]
         out.append(Finding("vs_" + c.arms[1].replace(":", "_"), f"Barlow Twins beats {other}", f"43.46% vs {_paper(c.arms[1])}",
-                           f"{c.number()} points", c, "ssl-methods", f"{ev['section4_source']}, {c.n} seeds"))
+                           f"{c.number()} points", c, "ssl-methods", ev["section4_source"]))
     e = s4["ensembles"]
     if "average" in e["kinds"]:
         c = en.comparison(e, "average", e["reference"])
         out.append(Finding("ensemble", "the average of three models is below Barlow Twins", "34% vs 43.46%",
-                           f"{c.number()} points", c, "ensembles", f"{ev['section4_source']}, {c.n} seeds",
+                           f"{c.number()} points", c, "ensembles", ev["section4_source"],
                            want="a loss"))
     return out
 

@@ -181,7 +181,8 @@ def course(history: Sequence[Mapping[str, Any]]) -> dict:
     last quarter of the epochs, the mean k-NN of that quarter minus the mean of the quarter
     before it (means, because one epoch's k-NN on the validation images moves by a few tenths
     of a point from noise alone); the training minutes; and whether the run has flattened (a
-    rise under :data:`FLAT`) or is still rising."""
+    rise under :data:`FLAT`, or its best epoch before the last quarter: a curve that peaked
+    earlier is not rising, whatever its last quarter's mean) or is still rising."""
     pts = [(r["epoch"], r["knn_val"]) for r in history if r.get("knn_val") is not None]
     if not pts:
         raise ValueError("no validation k-NN in the run's monitors (ssl_knn_every=0?): the length rule needs it")
@@ -190,7 +191,7 @@ def course(history: Sequence[Mapping[str, Any]]) -> dict:
     rise = round(float(np.mean(last) - np.mean(before)), 6)  # no verdict from float rounding
     best = max(pts, key=lambda p: p[1])
     return {"epochs": pts[-1][0], "first": pts[0][1], "best": best[1], "best_epoch": best[0], "last": pts[-1][1],
-            "quarter": q, "last_quarter_rise": rise, "flat": rise < FLAT,
+            "quarter": q, "last_quarter_rise": rise, "flat": rise < FLAT or best[0] < pts[-q][0],
             "minutes": sum(r.get("seconds", 0.0) for r in history) / 60}
 
 
