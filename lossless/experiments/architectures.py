@@ -245,3 +245,43 @@ def round_rows(result: Mapping[str, Any]) -> list[dict]:
                         "forgotten": f"{f['mean']:.1f} {interval(f, scale=1, digits=1)}",
                         "learned": f"{g['mean']:.1f} {interval(g, scale=1, digits=1)}"})
     return out
+
+
+def values(result: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What the backbone chapter glues about the architecture experiment: its provenance, the
+    length rule's reading of each network's curve, and the paper's three statements, each
+    answered from the paired intervals ("held", "did not hold", "not decided")."""
+    from .table1 import course_rows
+    nets, comp = result["networks"], comparisons(result)
+    ref_key = next(iter(nets))
+    ref = nets[ref_key]
+    vgg = [k for k in nets if nets[k]["backbone"].startswith("vgg16")]
+    smaller = [k for k in nets if k != ref_key and k not in vgg and nets[k]["parameters"] < ref["parameters"]]
+    out: dict[str, Any] = {"arch_when": f"{result['time']} on {result['cpu']}",
+                           "arch_command": result.get("command", "lossless experiment architectures --record"),
+                           "arch_epochs": result["epochs"], "arch_seeds": result["seeds"],
+                           "arch_wall": (result.get("wall_seconds") or float("nan")) / 60,
+                           "arch_reference": ref["network"], "arch_long": "the main line's length"
+                           if result["epochs"] >= cfg["ssl_epochs"] else "shorter than the main line"}
+    histories = {n["network"]: n["history"] for n in nets.values() if n.get("history")}
+    courses = course_rows(histories, {}) if histories else []
+    out.update(arch_curves=len(courses), arch_rising=sum(r["the curve"] != "flattened" for r in courses),
+               arch_past=min((r["since epoch 1 (points)"] for r in courses), default=float("nan")))
+    if vgg:
+        v = comp[vgg[0]]["finetune"].verdict()
+        out.update(arch_vgg=nets[vgg[0]]["network"], arch_vgg_verdict=v,
+                   arch_vgg_held="held" if v.startswith("any effect") else
+                   "did not hold" if v in ("a gain", "a loss") else "not decided")
+    else:
+        out.update(arch_vgg="no VGG-16", arch_vgg_verdict="not run", arch_vgg_held="not decided")
+    capped = [comp[k]["finetune"].verdict() == "a loss" for k in smaller]
+    out.update(arch_smaller=len(smaller), arch_capped=sum(capped),
+               arch_capped_held="held" if smaller and all(capped) else "did not hold")
+    lower = total = 0
+    for k in smaller:
+        changes = [round_change(nets[k], r["round"]) for r in nets[k]["summary"]["rounds"]]
+        lower += sum(c.verdict() == "a loss" for c in changes)
+        total += len(changes)
+    out.update(arch_rounds_lower=lower, arch_rounds=total,
+               arch_rounds_held="held" if total and lower == total else "did not hold")
+    return out
