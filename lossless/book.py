@@ -88,7 +88,9 @@ def glue_all(values: Mapping[str, Any]) -> None:
         raise ValueError(f"glue_all: {key!r} is {words(text)} words ({text[:60]!r}...); glue numbers and "
                          f"short words (at most {GLUED_WORDS}), and write the sentence in the markdown")
     for key, value in values.items():
-        glue(key, value, display=False)
+        # a numpy scalar's text is "np.float64(0.79)", which {glue:text}`key:.2f` cannot format
+        glue(key, value.item() if hasattr(value, "item") and not isinstance(value, str) else value,
+             display=False)
 
 
 def read_records(prefix: str, profile: str) -> list[dict]:

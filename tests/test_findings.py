@@ -61,3 +61,12 @@ def test_glued_values_are_numbers_and_short_words(monkeypatch):
     assert all(":" not in k for k in values), "a colon in a glue name breaks {glue:text}`name:.2f`"
     with pytest.raises(ValueError, match="'said'.*write the sentence in the markdown"):
         book.glue_all({"said": "the claim held on this labelled set, which one seed cannot decide at all"})
+
+
+def test_glued_numpy_numbers_are_plain_numbers_the_prose_can_format(monkeypatch):
+    import myst_nb
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda k, v, display=True: glued.__setitem__(k, v))
+    book.glue_all({"share": np.float64(0.25), "n": np.int64(3), "word": "held"})
+    assert glued == {"share": 0.25, "n": 3, "word": "held"}
+    assert repr(glued["share"]) == "0.25" and type(glued["n"]) is int
