@@ -54,22 +54,34 @@ def shown_filters(weights: np.ndarray) -> np.ndarray:
     return (w if w.shape[1] == 1 else w.mean(1, keepdims=True)).transpose(0, 2, 3, 1)
 
 
-def mosaic(filters: np.ndarray, columns: int = 8, scale: float | None = None, gap: int = 1) -> tuple[np.ndarray, float]:
+def mosaic(filters: np.ndarray, columns: int = 8, scale: float | str | None = None,
+           gap: int = 1) -> tuple[np.ndarray, float]:
     """``filters`` (n, kh, kw, c) side by side, ``columns`` a row, ``gap`` pixels of NaN between
     them (drawn blank), every weight divided by ``scale`` (default: the largest absolute weight),
-    so that values lie in [-1, 1] on a scale shared with any mosaic given the same ``scale``.
+    so that values lie in [-1, 1] on a scale shared with any mosaic given the same ``scale``;
+    ``scale="filter"``: each filter over its own largest absolute weight, so every filter shows
+    its shape however small its norm (the returned scale is then the largest of them).
     Returns (rows * (kh + gap) - gap, columns * (kw + gap) - gap, c) and the scale."""
     f = np.asarray(filters, dtype=np.float64)
     n, kh, kw, c = f.shape
-    scale = float(np.abs(f).max()) if scale is None else float(scale)
-    if not scale > 0:
-        raise LosslessError("the filters are all zero: nothing to draw")
+    if scale == "filter":
+        own = np.abs(f).reshape(n, -1).max(1)
+        if not own.max() > 0:
+            raise LosslessError("the filters are all zero: nothing to draw")
+        f = f / np.where(own > 0, own, 1.0)[:, None, None, None]
+        scale = 1.0
+        largest = float(own.max())
+    else:
+        scale = float(np.abs(f).max()) if scale is None else float(scale)
+        largest = scale
+        if not scale > 0:
+            raise LosslessError("the filters are all zero: nothing to draw")
     rows = -(-n // columns)
     out = np.full((rows * (kh + gap) - gap, columns * (kw + gap) - gap, c), np.nan)
     for i in range(n):
         r, q = divmod(i, columns)
         out[r * (kh + gap):r * (kh + gap) + kh, q * (kw + gap):q * (kw + gap) + kw] = f[i] / scale
-    return out, scale
+    return out, largest
 
 
 def filter_norms(weights: np.ndarray) -> np.ndarray:
@@ -110,8 +122,9 @@ def top_activating(features: np.ndarray, channels: Sequence[int], k: int = 8) ->
 
 def panels(weights: Mapping[str, np.ndarray], initial: Mapping[str, np.ndarray]) -> dict:
     """For backbones by name, a layer's ``weights`` beside its ``initial`` weights, as
-    ``viz.filter_mosaics`` draws them: the trained, initial and change mosaics on one shared
-    scale (the largest absolute weight of any of them, square mosaics), each filter's norm,
+    ``viz.filter_mosaics`` draws them: the trained, initial and change mosaics, each filter on
+    its own scale (a shared scale leaves small filters near white; the norms say the sizes),
+    square mosaics; the largest absolute weight of any of them; each filter's norm,
     the ratio of the mean norms and the mean cosine of each filter to its initial weights."""
     weights = {k: np.asarray(w, dtype=np.float32) for k, w in weights.items()}
     initial = {k: np.asarray(initial[k], dtype=np.float32) for k in weights}
@@ -121,9 +134,9 @@ def panels(weights: Mapping[str, np.ndarray], initial: Mapping[str, np.ndarray])
     columns = int(np.ceil(np.sqrt(len(next(iter(weights.values()))))))  # square: the largest squares
     norms = {k: filter_norms(w) for k, w in weights.items()}
     return {"scale": scale, "weights": weights, "initial": initial,
-            "mosaics": {k: mosaic(v, columns, scale=scale)[0] for k, v in shown.items()},
-            "initial_mosaics": {k: mosaic(v, columns, scale=scale)[0] for k, v in shown_init.items()},
-            "changes": {k: mosaic(shown[k] - shown_init[k], columns, scale=scale)[0] for k in shown},
+            "mosaics": {k: mosaic(v, columns, scale="filter", gap=1)[0] for k, v in shown.items()},
+            "initial_mosaics": {k: mosaic(v, columns, scale="filter", gap=1)[0] for k, v in shown_init.items()},
+            "changes": {k: mosaic(shown[k] - shown_init[k], columns, scale="filter", gap=1)[0] for k in shown},
             "norms": norms,
             "norm_ratio": {k: float(np.mean(norms[k]) / np.mean(filter_norms(initial[k]))) for k in weights},
             "similarity": {k: float(np.mean(cosine_to(w, initial[k]))) for k, w in weights.items()}}

@@ -498,9 +498,9 @@ def pair_matrices(agreement: np.ndarray, error_correlation: np.ndarray, names: S
 
 def filter_mosaics(fig2: dict | None, missing: str = "no record"):
     """Figure 2: one row per backbone (from ``experiments.filters.figure2`` or ``filters.panels``): its
-    filters at initialisation, after training and the change, each weight a square on one shared
-    scale (no smoothing); the row says each filter's mean cosine to its initial weights and the
-    norms' ratio. ``fig2=None``: an empty panel with ``missing`` across it."""
+    filters at initialisation, after training and the change, each weight a square (no smoothing),
+    each filter on its own scale so its shape shows; the row says the filters' mean cosine to
+    their initial weights and the norms' ratio. ``fig2=None``: an empty panel with ``missing``."""
     if fig2 is None:
         return missing_panel(missing, (6.0, 1.6))
     names = list(fig2["mosaics"])
@@ -508,9 +508,9 @@ def filter_mosaics(fig2: dict | None, missing: str = "no record"):
              ("change (trained - initial)", fig2["changes"]))
     first = np.asarray(fig2["mosaics"][names[0]])
     aspect = first.shape[0] / first.shape[1]
-    fig, axes = plt.subplots(len(names), 3, figsize=(10, 0.5 + len(names) * 1.85 * aspect), squeeze=False)
-    fig.subplots_adjust(left=0.24, right=0.86, top=1 - 0.35 / (0.5 + len(names) * 1.85 * aspect), bottom=0.02,
-                        wspace=0.08, hspace=0.12)
+    height = 0.5 + len(names) * 1.7 * aspect
+    fig, axes = plt.subplots(len(names), 3, figsize=(6.9, height), squeeze=False)
+    fig.subplots_adjust(left=0.27, right=0.88, top=1 - 0.35 / height, bottom=0.02, wspace=0.06, hspace=0.12)
     cmap = plt.get_cmap("RdBu_r").copy()
     cmap.set_bad("white")
     im = None
@@ -533,7 +533,7 @@ def filter_mosaics(fig2: dict | None, missing: str = "no record"):
                               ha="right", va="center", labelpad=8)
     if im is not None:
         bar = fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.5, pad=0.02)
-        bar.set_label("weight / largest |weight|", fontsize=10)
+        bar.set_label("weight / the filter's largest |weight|", fontsize=9)
     return fig
 
 

@@ -171,6 +171,17 @@ def test_filter_mosaic_holds_exactly_the_weights_over_the_shared_scale():
     assert p["scale"] == pytest.approx(4 * np.abs(w).max())                # from an initial layer
     assert p["similarity"] == pytest.approx({"a": -1.0, "b": 1.0}) and p["norm_ratio"]["b"] == pytest.approx(0.5)
     assert np.allclose(np.nan_to_num(p["changes"]["a"]), np.nan_to_num(p["mosaics"]["b"]))  # w - (-w) = 2w
+    # each filter drawn on its own scale: a filter 100 times smaller than the others still
+    # spans -1..1 (on a shared scale it would be a white square), its shape unchanged
+    small = w.copy()
+    small[0] /= 100
+    m3, largest = filters.mosaic(filters.shown_filters(small), columns=4, scale="filter")
+    assert largest == pytest.approx(np.abs(small).max())
+    for i in range(10):
+        r, c = divmod(i, 4)
+        cell = m3[r * 4:r * 4 + 3, c * 4:c * 4 + 3, 0]
+        assert np.abs(cell).max() == pytest.approx(1.0)
+        assert np.allclose(cell, small[i, 0] / np.abs(small[i, 0]).max())
 
 
 def test_record_figures_without_a_record_say_so():
