@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import functools
+import warnings
+
 import matplotlib.pyplot as plt
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
@@ -511,6 +515,7 @@ def filter_mosaics(fig2: dict | None, missing: str = "no record"):
     height = 0.5 + len(names) * 1.7 * aspect
     fig, axes = plt.subplots(len(names), 3, figsize=(6.9, height), squeeze=False)
     fig.subplots_adjust(left=0.27, right=0.88, top=1 - 0.35 / height, bottom=0.02, wspace=0.06, hspace=0.12)
+    fig.manual_layout = True
     cmap = plt.get_cmap("RdBu_r").copy()
     cmap.set_bad("white")
     im = None
@@ -592,3 +597,44 @@ def architectures(result: dict | None, missing: str = "no record"):
     b.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ the book's column
+COLUMN = 6.9     # inches: at the inline backend's 100 dpi, the rendered book's 708-pixel column
+SMALLEST = 7.0   # points: 9.7 pixels at 100 dpi, the smallest text a figure of the book may show
+
+
+def fit_column(fig):
+    """Make ``fig`` fit the book's column unscaled: no wider than :data:`COLUMN` (its height
+    scaled alike) and no text smaller than :data:`SMALLEST`, then laid out again where either
+    changed. A figure drawn wider is otherwise shrunk by the browser, and its text with it."""
+    width, height = fig.get_size_inches()
+    changed = width > COLUMN
+    if changed:
+        fig.set_size_inches(COLUMN, height * COLUMN / width)
+    for text in fig.findobj(Text):
+        if text.get_text() and text.get_fontsize() < SMALLEST:
+            text.set_fontsize(SMALLEST)
+            changed = True
+    if changed and not getattr(fig, "manual_layout", False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a layout that cannot shrink further stays as it is
+            fig.tight_layout()
+    return fig
+
+
+def _for_the_column(draw):
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        fig = draw(*args, **kwargs)
+        return fit_column(fig) if fig is not None else fig
+    return wrapper
+
+
+FIGURES = ("sample_grid", "view_pairs", "stage_bars", "correlation_heatmaps", "training_curves", "curve",
+           "confusion", "epoch_curves", "pseudo_rounds", "class_composition", "reliability", "precision_curve",
+           "seeds", "seeds_and_budget", "margin_gallery", "cluster_map", "learning_curves", "differences",
+           "request_classes", "method_curves", "upset", "venn", "pair_matrices", "filter_mosaics",
+           "stage_activations", "architectures")
+for _name in FIGURES:  # every figure the book draws goes through fit_column
+    globals()[_name] = _for_the_column(globals()[_name])

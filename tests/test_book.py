@@ -136,6 +136,9 @@ def test_smoke_book_builds_and_renders(tmp_path):
                  if o.get("metadata", {}).get("scrapbook")}
         assert glued or executed.stem in ("intro",), f"{executed.name}: no glued values found"
         assert not [k for k, v in glued.items() if "`" in v], f"{executed.name}: backticks in glued text"
+        # a glued value fills a gap in a sentence; a glued sentence belongs in the markdown
+        long = {k: v for k, v in glued.items() if book.words(v) > book.GLUED_WORDS}
+        assert not long, f"{executed.name}: glued strings of more than {book.GLUED_WORDS} words: {long}"
     for md in [ROOT / f"{f}.md" for f in book.toc_files(ROOT)]:
         page = html / "book" / f"{md.stem}.html"
         dom = subprocess.run(
@@ -158,6 +161,43 @@ def test_smoke_book_builds_and_renders(tmp_path):
                     "--window-size=1280,2400", "--virtual-time-budget=3000", f"--screenshot={shot}",
                     (html / "book" / "barlow-twins.html").as_uri()], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+HIDDEN = {"remove-input", "remove-cell", "hide-input"}  # cells whose code the rendered book hides
+
+
+def visible_code(md) -> tuple[int, int]:
+    """A chapter's visible code lines (non-blank, non-comment lines of code cells the rendered
+    page shows, the parameters cell left out) and its lines that glue a value."""
+    shown = glued = 0
+    for c in jupytext.read(md).cells:
+        if c.cell_type != "code":
+            continue
+        lines = [line.strip() for line in c.source.splitlines()]
+        glued += sum(1 for line in lines if re.search(r"\bglue(_all)?\(", line))
+        if not ({"parameters"} | HIDDEN) & set(c.metadata.get("tags", [])):
+            shown += sum(1 for line in lines if line and not line.startswith("#"))
+    return shown, glued
+
+
+def test_the_chapters_show_the_method_not_the_plumbing():
+    """A reader scrolls past little code: at most 90 visible lines a chapter and 700 in all, at
+    most 60 lines that glue (one glue cell a chapter). Fails when formatting, glue or record
+    reading is left in view, or glue is spread over many lines."""
+    counts = {md.stem: visible_code(md) for md in CHAPTERS}
+    heavy = {k: v[0] for k, v in counts.items() if v[0] > 90}
+    assert not heavy, f"chapters with more than 90 visible code lines: {heavy}; hide the plumbing (remove-input)"
+    assert sum(v[0] for v in counts.values()) <= 700, counts
+    assert sum(v[1] for v in counts.values()) <= 60, {k: v[1] for k, v in counts.items()}
+
+
+def test_the_code_count_sees_visible_lines_and_glue(tmp_path):
+    md = tmp_path / "c.md"
+    md.write_text("---\njupytext:\n  text_representation:\n    extension: .md\n    format_name: myst\n"
+                  "kernelspec:\n  display_name: Python 3\n  language: python\n  name: python3\n---\n\n# C\n\n```{code-cell} ipython3\n:tags: [parameters]\n\n"
+                  "profile = 'cpu'\n```\n\n```{code-cell} ipython3\nx = 1\n# a comment\n\nglue('x', x)\n```\n\n"
+                  "```{code-cell} ipython3\n:tags: [remove-input]\n\nbook.glue_all({'y': 2})\ny = 3\n```\n")
+    assert visible_code(md) == (2, 2)
 
 
 def test_executed_notebooks_lose_their_stderr_but_keep_their_results(tmp_path):
