@@ -60,7 +60,8 @@ def verdict(d: Mapping[str, float], small: float = 0.01, reason: bool = False) -
     elif hi < small and lo > -small:
         why, conclusion = f"the interval includes zero and lies within {size} of it", f"any effect is below {size}"
     elif hi < small:
-        why, conclusion = f"the interval includes zero and its upper end is below {size}", f"any gain is below {size}"
+        why = f"the interval includes zero and its upper end is below {size}"
+        conclusion = f"any gain is below {size}, a loss not ruled out"
     else:
         why, conclusion = f"the interval includes zero and reaches past {size}", f"undecided at {seeds} seeds"
     return f"{why}: {conclusion}" if reason else conclusion

@@ -318,12 +318,9 @@ def test_filters_chapter_reruns_under_papermill_with_other_parameters(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     nb = json.loads(out.read_text())
     images = [o for c in nb["cells"] for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 4                 # filters, the record's filters, stage maps, top images
+    assert len(images) == 3                 # filters, stage maps, top images
     text = json.dumps(nb)
-    # the rows: the main line, then exactly the runs asked for (the default list has SimCLR too),
-    # in both figures: the record's rows are its runs of those methods
+    # the rows: the main line, then exactly the runs asked for (the default list has SimCLR too);
+    # a record keeps only the first layer, so another layer is drawn from this build's runs
     assert "main line" in text and "BYOL, " in text and "SwAV, " in text and "SimCLR, " not in text
-    record = json.loads((root / "benchmarks" / "results" / "section4-smoke.json").read_text())
-    assert {"byol", "swav", "simclr"} <= set(record["first_layers"]) and record["epochs"] != 1
-    assert f"BYOL, {record['epochs']} epochs" in text and f"SwAV, {record['epochs']} epochs" in text
-    assert f"2 runs of {record['epochs']} epochs" in text       # the record's BYOL and SwAV only
+    assert "this build" in text

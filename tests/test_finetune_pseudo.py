@@ -138,6 +138,8 @@ def test_one_function_words_an_interval_against_zero_and_one_point():
     assert decide(d(-0.02, -0.001)).endswith("a loss")
     assert "within 1 point" in decide(d(-0.0047, 0.0051))          # the control: both ends inside a point
     assert "upper end is below 1 point" in decide(d(-0.03, 0.009))
+    # both ends said: a gain is bounded, a loss of more than a point is still possible
+    assert verdict(d(-0.03, 0.009)) == "any gain is below 1 point, a loss not ruled out"
     assert decide(d(-0.0483, 0.0329)).endswith("undecided at 10 seeds")
     assert decide(d(-0.0483, 0.0329), small=0.05).startswith("the interval includes zero and lies within 5 points")
     assert decide(d(-0.005, 0.01)).endswith("undecided at 10 seeds")   # an end exactly at the bound is not below it

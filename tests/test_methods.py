@@ -296,8 +296,8 @@ def test_table1_compares_methods_at_one_budget_on_the_same_labelled_sets(tmp_pat
     best = best_rows(result, "linear_probe")
     assert [b["comparison"] for b in best] == ["Barlow Twins minus SimCLR (ResNet-34)",
                                                "Barlow Twins minus SimCLR (ResNet-18)"]
-    assert best[0]["verdict"] in ("a gain", "a loss", "any effect is below 1 point", "any gain is below 1 point",
-                                  "undecided at 2 seeds")           # the words of tables.verdict, 2 seeds
+    assert best[0]["verdict"] in ("a gain", "a loss", "any effect is below 1 point", "undecided at 2 seeds",
+                                  "any gain is below 1 point, a loss not ruled out")           # the words of tables.verdict, 2 seeds
     assert best_rows(result, "finetune") == []                  # one fine-tuned seed: no interval
     again = compare(cfg, seeds=2, finetune_seeds=1)             # loads, same numbers
     assert again["runs"] == result["runs"]

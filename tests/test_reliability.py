@@ -67,7 +67,7 @@ def test_relations_between_parameters_are_checked():
 
 def test_book_accepts_the_chapters_own_parameters(tmp_path, capsys):
     declared = book.chapter_parameters(ROOT)
-    assert declared["seeds"]["default"] == 3 and declared["seeds"]["chapters"] == ["results", "appendix-screen"]
+    assert declared["seeds"]["default"] == 3 and declared["seeds"]["chapters"] == ["intro", "results", "appendix-screen"]
     assert declared["al_experiment_seeds"] == {"default": 10, "chapters": ["active-learning"]}
     out = tmp_path / "nb"
     assert main(["book", "--profile", "smoke", "-p", "seeds", "3", "-p", "ssl_lr", "1e-3",
