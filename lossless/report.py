@@ -19,7 +19,7 @@ def bench_rows(result: dict) -> list[dict]:
 
 def bench_header(result: dict) -> str:
     """Where and when a benchmark ran, and the ceilings its MFU is measured against."""
-    return (f"Measured {result['time']} on `{result['device']}` ({result['threads']} threads, torch "
+    return (f"Measured {result['time']} on {result['device'].upper()} ({result['threads']} threads, torch "
             f"{result['torch']}); matmul ceiling bf16 {result['ceiling_bf16_flops'] / 1e9:,.0f} GFLOP/s, "
             f"fp32 {result['ceiling_fp32_flops'] / 1e9:,.0f} GFLOP/s.")
 
@@ -33,7 +33,7 @@ def methods_rows(result: dict) -> list[dict]:
 
 def methods_header(result: dict) -> str:
     """Where and when the methods' benchmark ran, and its batch."""
-    return (f"Measured {result['time']} on `{result['device']}` ({result.get('cpu', '')}, {result['threads']} "
+    return (f"Measured {result['time']} on {result['device'].upper()} ({result.get('cpu', '')}, {result['threads']} "
             f"threads, torch {result['torch']}), batch {result['batch_size']}; MFU against the matmul ceiling "
             f"in {result.get('ceiling_precision', 'bf16')}, "
             f"{result.get('ceiling_flops', result.get('ceiling_bf16_flops', 0)) / 1e9:,.0f} GFLOP/s.")

@@ -139,7 +139,7 @@ def with_unrun(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
         for net, acc in paper:
             if not any(str(r["network"]).startswith(NETWORKS[net]) for r in mine):
                 out.append({"network": NETWORKS[net], "method": name, "k-NN probe": "not run",
-                            "linear probe": "not run", "fine-tuned": f"not run: compare_methods=...,{key}:{net}",
+                            "linear probe": "not run", "fine-tuned": f"not run; add {key}:{net} to compare_methods",
                             "seeds": 0, "pretraining minutes": None, PAPER_COLUMN: acc})
     return out
 
