@@ -573,29 +573,36 @@ def architectures(result: dict | None, missing: str = "no record"):
     and after the rounds, mean over seeds; log x). Right: validation accuracy after each
     pseudo-label round, mean over seeds, a line per network (round 0: fine-tuned).
     ``result=None``: the empty axes with ``missing`` written across them."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(6.9, 3.6))
     if result is None:
         for ax in (a, b):
             ax.text(0.5, 0.5, missing, ha="center", va="center", transform=ax.transAxes, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
         return fig
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
     for key, n in result["networks"].items():
         s, x = n["summary"], n["flops"] / 1e6
         line, = a.plot([x], [100 * s["finetune"]["mean"]], marker="o", ls="", label=n["network"])
         a.plot([x], [100 * s["pseudo"]["mean"]], marker="^", ls="", color=line.get_color())
-        a.annotate(n["network"], (x, 100 * s["finetune"]["mean"]), fontsize=8, xytext=(4, -10),
-                   textcoords="offset points")
+        a.plot([x, x], [100 * s["finetune"]["mean"], 100 * s["pseudo"]["mean"]], color=line.get_color(), lw=0.8)
         val = s["val_by_round"]
-        b.plot(range(len(val)), [100 * v for v in val], marker="o", color=line.get_color(), label=n["network"])
+        b.plot(range(len(val)), [100 * v for v in val], marker="o", ms=4, color=line.get_color(),
+               label=n["network"])
     a.set_xscale("log")
+    a.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    a.xaxis.set_major_formatter(ScalarFormatter())
+    a.xaxis.set_minor_formatter(NullFormatter())
     a.set_xlabel("MFLOP per image (forward)")
-    a.set_ylabel("test accuracy % (o fine-tuned, ^ after the rounds)")
+    a.set_ylabel("test accuracy %")
+    a.legend([Line2D([], [], marker="o", ls="", color="gray"), Line2D([], [], marker="^", ls="", color="gray")],
+             ["fine-tuned", "after the rounds"], fontsize=7, loc="best")
     b.set_xlabel("pseudo-label round (0: fine-tuned)")
     b.set_ylabel("validation accuracy %")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
-    b.legend(fontsize=8)
-    fig.tight_layout()
+    fig.legend(*b.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig
 
 
