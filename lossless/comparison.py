@@ -122,6 +122,13 @@ class Comparison:
             return f"undecided at {self.n} seed" + ("s" if self.n != 1 else "")
         return tables.verdict(self._stats, small=small, reason=reason)
 
+    def kind(self, small: float = 0.01) -> tables.Verdict:
+        """The :class:`lossless.tables.Verdict` of the interval, for code that decides on it
+        (undecided below two seeds)."""
+        if self.n < 2:
+            return tables.Verdict.UNDECIDED
+        return tables.judge(self._stats, small)[0]
+
     def held(self, want: str, why: bool = True, size: float | None = None) -> str:
         """Whether a statement that ``a`` minus ``b`` is ``want`` ("a gain" or "a loss") held:
         "held" where the verdict is ``want``, "the opposite held" where it is the other,
@@ -139,10 +146,11 @@ class Comparison:
                 edge = f"{100 * (size if want == 'a gain' else -size):+.2f}"
                 return (f"not at its size (the interval ends short of {edge} points)" if why
                         else "not at its size")
-        v = self.verdict()
-        if v == want:
+        kind, v = self.kind(), self.verdict()
+        wanted = tables.Verdict.GAIN if want == "a gain" else tables.Verdict.LOSS
+        if kind is wanted:
             return "held"
-        if v in ("a gain", "a loss"):
+        if kind in (tables.Verdict.GAIN, tables.Verdict.LOSS):
             return "the opposite held"
         return f"not shown ({v})" if why else "not shown"
 

@@ -14,6 +14,7 @@ them here; the formatting lives in one place so that every table reads the same.
 """
 from __future__ import annotations
 
+import enum
 import math
 import numbers
 from typing import Any, Iterable, Mapping, Sequence
@@ -37,33 +38,51 @@ def pm(stats: Mapping[str, float], percent: bool = True, digits: int = 2) -> str
     return f"{scale * stats['mean']:.{digits}f}{unit} ± {scale * stats['std']:.{digits}f}"
 
 
+class Verdict(enum.Enum):
+    """What a paired difference's 95% interval decides, whatever words say it: a gain or a loss
+    (the interval excludes zero), no effect (it lies within ``small`` of zero), no gain (its upper
+    end is below ``small`` but a loss of more is not ruled out), or undecided. Code compares these;
+    :func:`verdict` words them."""
+    GAIN = "gain"
+    LOSS = "loss"
+    NO_EFFECT = "no effect"
+    NO_GAIN = "no gain"
+    UNDECIDED = "undecided"
+
+
+def judge(d: Mapping[str, float], small: float = 0.01) -> tuple[Verdict, str]:
+    """The :class:`Verdict` of a paired difference's interval ``d`` (fractions, as ``small``)
+    and why, in words. An interval of no width (every seed gave the same difference, up to
+    float rounding) estimates nothing: undecided."""
+    lo, hi = d["low"], d["high"]
+    size = f"{100 * small:g} point" + ("" if small == 0.01 else "s")
+    if math.isclose(lo, hi, rel_tol=1e-9, abs_tol=1e-12):
+        return Verdict.UNDECIDED, "every seed gave the same difference, so the interval has no width"
+    if lo > 0:
+        return Verdict.GAIN, "the interval excludes zero"
+    if hi < 0:
+        return Verdict.LOSS, "the interval excludes zero"
+    if hi < small and lo > -small:
+        return Verdict.NO_EFFECT, f"the interval includes zero and lies within {size} of it"
+    if hi < small:
+        return Verdict.NO_GAIN, f"the interval includes zero and its upper end is below {size}"
+    return Verdict.UNDECIDED, f"the interval includes zero and reaches past {size}"
+
+
 def verdict(d: Mapping[str, float], small: float = 0.01, reason: bool = False) -> str:
     """The one wording of a paired difference's 95% interval, for every table and sentence of the
-    book: "a gain" or "a loss" where it excludes zero; where it includes zero, whether it still
-    bounds the effect below ``small`` (a fraction: 0.01 is one point) or leaves the question
-    open at this many seeds ("undecided at 5 seeds"), as it does when every seed gave the same
-    difference (an interval of no width). ``reason``: with why ("the interval
-    excludes zero: a gain"). ``d`` is in fractions, as ``small`` is; a comparison of two arms
-    is worded through :class:`lossless.comparison.Comparison`, which calls this."""
-    lo, hi = d["low"], d["high"]
+    book (:func:`judge` decides, this says it): "a gain", "a loss", "any effect is below 1
+    point", "any gain is below 1 point, a loss not ruled out", "undecided at 5 seeds".
+    ``reason``: with why ("the interval excludes zero: a gain"). ``d`` is in fractions, as
+    ``small`` is; a comparison of two arms is worded through
+    :class:`lossless.comparison.Comparison`, which calls this."""
+    kind, why = judge(d, small)
     seeds = d.get("n", d.get("seeds"))
     size = f"{100 * small:g} point" + ("" if small == 0.01 else "s")
-    # every seed gave the same difference (up to float rounding of the accuracies subtracted):
-    # a t-interval of no width estimates nothing
-    if math.isclose(lo, hi, rel_tol=1e-9, abs_tol=1e-12):
-        why = "every seed gave the same difference, so the interval has no width"
-        conclusion = f"undecided at {seeds} seeds"
-    elif lo > 0:
-        why, conclusion = "the interval excludes zero", "a gain"
-    elif hi < 0:
-        why, conclusion = "the interval excludes zero", "a loss"
-    elif hi < small and lo > -small:
-        why, conclusion = f"the interval includes zero and lies within {size} of it", f"any effect is below {size}"
-    elif hi < small:
-        why = f"the interval includes zero and its upper end is below {size}"
-        conclusion = f"any gain is below {size}, a loss not ruled out"
-    else:
-        why, conclusion = f"the interval includes zero and reaches past {size}", f"undecided at {seeds} seeds"
+    conclusion = {Verdict.GAIN: "a gain", Verdict.LOSS: "a loss",
+                  Verdict.NO_EFFECT: f"any effect is below {size}",
+                  Verdict.NO_GAIN: f"any gain is below {size}, a loss not ruled out",
+                  Verdict.UNDECIDED: f"undecided at {seeds} seeds"}[kind]
     return f"{why}: {conclusion}" if reason else conclusion
 
 

@@ -138,6 +138,15 @@ def test_one_function_words_an_interval_against_zero_and_one_point():
     assert decide(d(-0.02, -0.001)).endswith("a loss")
     assert "within 1 point" in decide(d(-0.0047, 0.0051))          # the control: both ends inside a point
     assert "upper end is below 1 point" in decide(d(-0.03, 0.009))
+    # code decides on the enum, the words follow it: one judgement for both
+    from lossless.tables import Verdict, judge
+    cases = {(0.001, 0.02): Verdict.GAIN, (-0.02, -0.001): Verdict.LOSS, (-0.0047, 0.0051): Verdict.NO_EFFECT,
+             (-0.03, 0.009): Verdict.NO_GAIN, (-0.0483, 0.0329): Verdict.UNDECIDED}
+    for (lo, hi), kind in cases.items():
+        assert judge(d(lo, hi))[0] is kind
+        assert Comparison([0.5 + lo, 0.5 + hi], [0.5, 0.5]).kind() in Verdict
+    assert Comparison([0.81, 0.83, 0.82, 0.84], [0.80, 0.805, 0.81, 0.815]).kind() is Verdict.GAIN
+    assert Comparison([0.8], [0.7]).kind() is Verdict.UNDECIDED        # one seed: no interval
     # both ends said: a gain is bounded, a loss of more than a point is still possible
     assert verdict(d(-0.03, 0.009)) == "any gain is below 1 point, a loss not ruled out"
     assert decide(d(-0.0483, 0.0329)).endswith("undecided at 10 seeds")

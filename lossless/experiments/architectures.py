@@ -32,6 +32,7 @@ from .. import config as config_mod
 from .. import runs
 from ..engine import resolve_device, resolve_precision
 from ..comparison import Comparison
+from ..tables import Verdict
 from ..evaluate import forgetting, mean_interval, mean_std, score
 from ..finetune import finetune, load_classifier
 from ..pretrain import backbone_for, load_data, pretrain
@@ -268,19 +269,19 @@ def values(result: Mapping[str, Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
     out.update(arch_curves=len(courses), arch_rising=sum(r["the curve"] != "flattened" for r in courses),
                arch_past=min((r["since epoch 1 (points)"] for r in courses), default=float("nan")))
     if vgg:
-        v = comp[vgg[0]]["finetune"].verdict()
-        out.update(arch_vgg=nets[vgg[0]]["network"], arch_vgg_verdict=v,
-                   arch_vgg_held="held" if v.startswith("any effect") else
-                   "did not hold" if v in ("a gain", "a loss") else "not decided")
+        c = comp[vgg[0]]["finetune"]
+        out.update(arch_vgg=nets[vgg[0]]["network"], arch_vgg_verdict=c.verdict(),
+                   arch_vgg_held="held" if c.kind() is Verdict.NO_EFFECT else
+                   "did not hold" if c.kind() in (Verdict.GAIN, Verdict.LOSS) else "not decided")
     else:
         out.update(arch_vgg="no VGG-16", arch_vgg_verdict="not run", arch_vgg_held="not decided")
-    capped = [comp[k]["finetune"].verdict() == "a loss" for k in smaller]
+    capped = [comp[k]["finetune"].kind() is Verdict.LOSS for k in smaller]
     out.update(arch_smaller=len(smaller), arch_capped=sum(capped),
                arch_capped_held="held" if smaller and all(capped) else "did not hold")
     lower = total = 0
     for k in smaller:
         changes = [round_change(nets[k], r["round"]) for r in nets[k]["summary"]["rounds"]]
-        lower += sum(c.verdict() == "a loss" for c in changes)
+        lower += sum(c.kind() is Verdict.LOSS for c in changes)
         total += len(changes)
     out.update(arch_rounds_lower=lower, arch_rounds=total,
                arch_rounds_held="held" if total and lower == total else "did not hold")

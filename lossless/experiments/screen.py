@@ -26,6 +26,7 @@ import numpy as np
 from .. import config as config_mod
 from .. import runs
 from ..comparison import Comparison
+from ..tables import Verdict
 from ..evaluate import mean_std
 from ..pretrain import pretrain, pretrain_dir
 from .claims import probe_backbone
@@ -178,8 +179,8 @@ def adoptable(result: Mapping[str, Any]) -> list[str]:
     for name, s in result["summary"].items():
         if name == result["reference"] or s["seeds"] < result["seeds"]:
             continue
-        words = [comparison(result, name, m).verdict() for m in PROBES]
-        if "a gain" in words and "a loss" not in words:
+        kinds = [comparison(result, name, m).kind() for m in PROBES]
+        if Verdict.GAIN in kinds and Verdict.LOSS not in kinds:
             chosen.append(name)
     return sorted(chosen, key=lambda n: -sum(comparison(result, n, m).mean for m in PROBES))
 
@@ -241,7 +242,7 @@ def lever_rows(records: list[Mapping[str, Any]]) -> list[dict]:
             out.append({"lever": LEVERS.get(name, "other"), "round": i, "recipe": name,
                         "what it changes": rec["recipes"][name]["what"], "seeds": cs["knn_val"].n,
                         **{f"{METRIC_NAMES[m]}": f"{c.number()}: {c.verdict()}" for m, c in cs.items()},
-                        "_gains": [m for m, c in cs.items() if c.verdict() == "a gain"]})
+                        "_gains": [m for m, c in cs.items() if c.kind() is Verdict.GAIN]})
     order = list(LEVER_WORDS)
     return sorted(out, key=lambda r: (order.index(r["lever"]), r["round"]))
 
@@ -329,7 +330,7 @@ def values(first: Mapping[str, Any], second: Mapping[str, Any], cfg: Mapping[str
         rc = s4["compare"]
         ahead = list(dict.fromkeys(t1.labels(rc)[k] for k in rc["runs"] if k != "barlow"
                                    for m in ("linear_probe", "knn_probe")
-                                   if t1.comparison(rc, k, "barlow", m).verdict() == "a gain"))
+                                   if t1.comparison(rc, k, "barlow", m).kind() is Verdict.GAIN))
     linear_goal, knn_goal = TARGETS[0][2], TARGETS[1][2]
     return {"scr_epochs": first["epochs"], "scr_when": f"{first['time']} on {first['cpu']}",
             "scr_remake": first.get("command", "lossless experiment screen --record"),
