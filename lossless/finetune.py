@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_mod
-from . import config, distributed, runs
+from . import distributed, runs
 from .augment import Augmenter, channel_stats, finetune_view
 from .engine import Batches, Engine, EngineSettings, autocast_context, resolve_device, resolve_precision
 from .errors import LosslessError
 from .evaluate import report, score
 from .models import ClassifierHead
-from .pretrain import backbone_for, load_data, pretrain, pretraining_indices, run_keys
+from .pretrain import backbone_for, begin_stage, pretrain, pretraining_indices, run_keys
 
 FINETUNE_KEYS = ("ft_epochs", "ft_batch_size", "ft_lr_head", "ft_lr_backbone", "sup_lr_backbone", "ft_weight_decay",
                  "ft_standardize", "precision", "crop_scale_min", "blur_sigma_max")
@@ -247,11 +247,7 @@ def finetune(cfg: Mapping[str, Any], init: str = "barlow", pretrained: Path | No
     label requests, section 3.6)."""
     if init not in ("barlow", "random"):
         raise LosslessError(f"init={init!r}: choose barlow or random")
-    config.validate(cfg)
-    device = resolve_device(cfg["device"])
-    distributed.setup(device)
-    amp = resolve_precision(cfg["precision"], device)
-    split = load_data(cfg, bool(cfg["progress"]))
+    device, amp, split = begin_stage(cfg)
     if init == "barlow":
         # an explicit checkpoint must exist; by default the configuration's own pretraining run
         # is loaded, or trained first when it has not been (a chapter opened on its own works)

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import config, distributed, runs
+from . import distributed, runs
 from .augment import Augmenter, fixmatch_views
-from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_precision
+from .engine import Batches, Engine, EngineSettings
 from .errors import LosslessError
 from .finetune import ARCH_KEYS, CHECKPOINT_SECONDS, Classifier, build_classifier, finish_classifier, validation_metrics
-from .pretrain import load_data
+from .pretrain import begin_stage
 
 FIXMATCH_KEYS = ("fm_epochs", "fm_batch_size", "fm_mu", "fm_threshold", "fm_lambda_u", "fm_lr", "fm_weight_decay",
                  "fm_ema", "fm_translate", "fm_max_steps_per_epoch", "ft_standardize", "precision", "blur_sigma_max")
@@ -120,11 +120,7 @@ def fixmatch_dir(cfg: Mapping[str, Any]) -> Path:
 def fixmatch(cfg: Mapping[str, Any]) -> dict:
     """Train (or load) FixMatch on ``cfg``'s split; returns the result (``test_accuracy`` etc.,
     ``classifier``: a checkpoint of the EMA weights that ``finetune.load_classifier`` reads)."""
-    config.validate(cfg)
-    device = resolve_device(cfg["device"])
-    distributed.setup(device)
-    amp = resolve_precision(cfg["precision"], device)
-    split = load_data(cfg, bool(cfg["progress"]))
+    device, amp, split = begin_stage(cfg)
     run = fixmatch_dir(cfg)
     with runs.claim(run):
         done = runs.find_result(run)

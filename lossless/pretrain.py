@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -79,6 +79,23 @@ def load_data(cfg: Mapping[str, Any], progress: bool) -> data_mod.Split:
     if d.enabled and d.is_main:
         distributed.barrier()
     return split
+
+
+class Stage(NamedTuple):
+    """What every training stage starts from: the device, its autocast precision and the split."""
+    device: torch.device
+    amp: Any
+    split: data_mod.Split
+
+
+def begin_stage(cfg: Mapping[str, Any]) -> Stage:
+    """The one set-up of a training stage (fine-tuning, pseudo-labelling, FixMatch): check the
+    configuration, resolve the device, join the process group under torchrun, resolve the
+    precision and load the split (rank 0 first)."""
+    config.validate(cfg)
+    device = resolve_device(cfg["device"])
+    distributed.setup(device)
+    return Stage(device, resolve_precision(cfg["precision"], device), load_data(cfg, bool(cfg["progress"])))
 
 
 def pretraining_indices(split: data_mod.Split) -> np.ndarray:

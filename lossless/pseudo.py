@@ -39,7 +39,7 @@ from .engine import Batches, Engine, EngineSettings, resolve_device, resolve_pre
 from .errors import LosslessError
 from .evaluate import score
 from .finetune import CHECKPOINT_SECONDS, FINETUNE_KEYS, finetune, finish_classifier, load_classifier, validation_metrics
-from .pretrain import load_data, run_keys
+from .pretrain import begin_stage, load_data, run_keys
 
 PSEUDO_KEYS = ("pl_rounds", "pl_rule", "pl_epochs", "pl_batch_size", "pl_lr", "pl_weight_decay",
                "pl_plateau_factor", "pl_patience")
@@ -133,11 +133,7 @@ def selection_stats(chosen_pred: np.ndarray, true: np.ndarray, confidence: np.nd
 def pseudo_label(cfg: Mapping[str, Any], start: dict | None = None, pretrained: Path | None = None) -> dict:
     """All rounds; ``start`` is a finished fine-tuning result (computed when not given).
     Each round is a run of its own under the stage's folder, so a stopped stage resumes."""
-    config_mod.validate(cfg)
-    device = resolve_device(cfg["device"])
-    distributed.setup(device)
-    amp = resolve_precision(cfg["precision"], device)
-    split = load_data(cfg, bool(cfg["progress"]))
+    device, amp, split = begin_stage(cfg)
     start = start or finetune(cfg, "barlow", pretrained)
     stage = pseudo_dir(cfg, start["run"])
     with runs.claim(stage):  # one process per run folder; a second command waits, then finds the result
