@@ -6,7 +6,7 @@ against another, one network against another) is a :class:`Comparison`: the two 
 seed by seed (accuracies as fractions), the paired differences, their mean with a 95%
 Student-t interval, how many seeds came out above and below, and the verdict. One renderer
 turns comparisons into table rows (:func:`rows`, :func:`table`) and into the words a chapter
-glues (:meth:`Comparison.words`, :meth:`Comparison.glue_values`); the verdict's wording is
+glues (:meth:`Comparison.words`, :meth:`Comparison.kind`); the verdict's wording is
 :func:`lossless.tables.verdict`, the only function that puts an interval into words.
 
 Chapters build comparisons from an experiment's per-seed records (``Comparison.paired``), so a
@@ -171,13 +171,6 @@ class Comparison:
     def wins(self) -> str:
         """"4 of 5": the seeds on which ``a`` came out higher, of all."""
         return f"{self.above} of {self.n}"
-
-    def glue_values(self, name: str) -> dict[str, str]:
-        """What a chapter glues about this comparison, keyed by glue name: ``name`` the numbers
-        ("+1.22 points, 95% interval [...]"), ``name_verdict`` the verdict with its reason,
-        ``name_wins`` the seeds above ("4 of 5"), ``name_short`` the verdict alone."""
-        return {name: self.words(verdict=False), f"{name}_verdict": self.verdict(reason=True),
-                f"{name}_wins": self.wins(), f"{name}_short": self.verdict()}
 
     def row(self, first: Mapping[str, Any] | None = None) -> dict:
         """One table row: ``first`` (default ``{"comparison": what}``, and ``{"measure": ...}``

@@ -266,39 +266,6 @@ def seeds(result: dict, labels: dict[str, str]):
     return fig
 
 
-def seeds_and_budget(result: dict, labels: dict[str, str]):
-    """Left: test accuracy of every method, one dot per seed (methods down the side, so their
-    names stay readable). Right: accuracy against labels per class for a random and a
-    pretrained start (mean and sample sd over seeds). Each panel's title counts its seeds."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [1.1, 1]})
-    methods = list(result["summary"])[::-1]
-    for i, m in enumerate(methods):
-        vals = [100 * r[m] for r in result["seeds"] if m in r]  # FixMatch: its first seeds only
-        a.scatter(vals, np.full(len(vals), i) + np.linspace(-0.15, 0.15, len(vals)), s=14)
-        a.vlines(np.mean(vals), i - 0.3, i + 0.3, color="black", lw=1.2)
-    n = len(result["seeds"])
-    a.set_yticks(range(len(methods)), [labels.get(m, m) + ("" if result["summary"][m]["n"] == n else
-                                                           f" ({result['summary'][m]['n']} seeds)")
-                                       for m in methods], fontsize=9)
-    a.set_xlabel("test accuracy %")
-    a.set_title(f"{len(result['seeds'])} seeds (a dot each; the bar is the mean)", fontsize=9)
-    curve = result.get("label_budget") or []
-    budgets = sorted({r["labels_per_class"] for r in curve})
-    for m in ("supervised", "barlow_finetune"):
-        vals = [[100 * r[m] for r in curve if r["labels_per_class"] == k] for k in budgets]
-        b.errorbar(budgets, [np.mean(v) for v in vals], yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals],
-                   marker="o", capsize=3, label=labels.get(m, m))
-    b.set_xscale("log")
-    b.set_xticks(budgets, [str(k) for k in budgets])
-    b.set_xlabel("labels per class")
-    b.set_ylabel("test accuracy %")
-    n = len([r for r in curve if budgets and r["labels_per_class"] == budgets[0]])
-    b.set_title(f"mean ± sd over {n} seeds", fontsize=9)
-    b.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 # ------------------------------------------------------------------ active learning (section 3.6)
 def margin_gallery(rows: dict[str, tuple[np.ndarray, list[str]]]):
     """Pool images in rows (e.g. smallest and largest margins), each titled (top-2 classes, margin)."""
@@ -640,7 +607,7 @@ def _for_the_column(draw):
 
 FIGURES = ("sample_grid", "view_pairs", "stage_bars", "correlation_heatmaps", "training_curves", "curve",
            "confusion", "epoch_curves", "pseudo_rounds", "class_composition", "reliability", "precision_curve",
-           "seeds", "seeds_and_budget", "margin_gallery", "cluster_map", "learning_curves", "differences",
+           "seeds", "margin_gallery", "cluster_map", "learning_curves", "differences",
            "request_classes", "method_curves", "upset", "venn", "pair_matrices", "filter_mosaics",
            "stage_activations", "architectures")
 for _name in FIGURES:  # every figure the book draws goes through fit_column

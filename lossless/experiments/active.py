@@ -353,15 +353,6 @@ def difference_rows(result: Mapping[str, Any]) -> list[dict]:
     return [c.row({"strategy": strategy, "at": at}) for (strategy, at), c in comparisons(result).items()]
 
 
-def area_rows(result: Mapping[str, Any]) -> list[dict]:
-    labels = labels_axis(result)
-    rows = []
-    for strategy in result["strategies"]:
-        i = mean_interval(area(accuracies(result, strategy), labels))
-        rows.append({"strategy": strategy, "mean": 100 * i["mean"], "low": 100 * i["low"], "high": 100 * i["high"]})
-    return rows
-
-
 def balance_rows(result: Mapping[str, Any], classes: Sequence[str]) -> list[dict]:
     """The classes of each strategy's requests (all rounds, mean over seeds), and how even they
     are: the smallest and largest class share and the entropy over log(classes)."""
@@ -397,13 +388,6 @@ def settings_rows(cfg: Mapping[str, Any], result: Mapping[str, Any], n_classes: 
              "candidates kept": f"{100 * candidates:.1f}% of the pool" if candidates <= 1 else int(candidates),
              "clusters": clusters, "per cluster": cfg["al_per_cluster"] or -(-cfg["al_budget"] // clusters),
              "head epochs / rate": f"{cfg['al_head_epochs']} / {cfg['al_head_lr']}"}]
-
-
-def curve_table(curve: Sequence[Mapping[str, Any]], strategies: Sequence[str]) -> list[dict]:
-    """``curve_rows`` as a table: one row per strategy, its mean test accuracy (a fraction) at
-    each number of labels."""
-    return [{"strategy": s, **{f"{r['labels']:,} labels": r["mean"] / 100 for r in curve if r["strategy"] == s}}
-            for s in strategies]
 
 
 def verdict_values(result: Mapping[str, Any]) -> dict[str, str]:

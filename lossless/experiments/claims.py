@@ -188,22 +188,6 @@ def grid_top(grid: Mapping[str, Any]) -> list[dict]:
     return [r for r in grid["rows"] if r["val_accuracy"] >= best - se - 1e-12]
 
 
-def grid_words(grid: Mapping[str, Any]) -> str:
-    """Where ``supervised_grid``'s choice lies, in words: inside the grid, or at its edge in
-    some parameters (:func:`grid_edge`) and how flat the grid's top is along them."""
-    edge = grid_edge(grid)
-    if not edge:
-        return "inside the grid in every parameter that could go further"
-    words = f"at the grid's edge in {', '.join(edge)}, so a wider grid might choose otherwise"
-    if not grid.get("val_images"):
-        return words
-    top, (_, se) = grid_top(grid), _grid_error(grid)
-    spans = [f"{k} from {min(r[k] for r in top):g} to {max(r[k] for r in top):g}" for k in edge]
-    return (f"{words}; {len(top)} of the grid's {len(grid['rows'])} settings lie within one "
-            f"standard error ({100 * se:.1f} points on {grid['val_images']:,} validation "
-            f"images) of the best, {' and '.join(spans)}")
-
-
 def fixmatch_budget(result: Mapping[str, Any]) -> dict | None:
     """FixMatch's training minutes per labelled set in a claims run or record, and the
     pipeline's: pretraining once, then fine-tuning and the best rule's pseudo-label rounds
@@ -222,21 +206,6 @@ def fixmatch_budget(result: Mapping[str, Any]) -> dict | None:
             "fixmatch_minutes": fm, "pretraining_minutes": pre, "after_minutes": after,
             "pipeline_minutes": pre + after if kept else None,
             "ratio": fm / (pre + after) if kept else None}
-
-
-def fixmatch_minutes(result: Mapping[str, Any]) -> str:
-    """:func:`fixmatch_budget` in words."""
-    b = fixmatch_budget(result)
-    if b is None:
-        return "(FixMatch not in the record)"
-    passes = f" ({b['passes']} passes over the pool)" if b["passes"] else ""
-    text = f"FixMatch trained a median of {b['fixmatch_minutes']:.1f} minutes per labelled set{passes}"
-    pre = b["pretraining_minutes"]
-    if b["ratio"] is None:  # records made before they kept the pipeline's seconds
-        return text + f", where the Barlow Twins backbone pretrained for {pre:.1f} minutes once"
-    return (text + f"; the pipeline spent {b['pipeline_minutes']:.1f}: {pre:.1f} pretraining once, "
-            f"then a median of {b['after_minutes']:.1f} fine-tuning and pseudo-labelling, so "
-            f"FixMatch had {b['ratio']:.2f} times its minutes")
 
 
 def fixmatch_lengths(records: Sequence[Mapping[str, Any] | None]) -> list[tuple[dict, Mapping[str, Any]]]:
@@ -514,12 +483,6 @@ def _by_budget(result: Mapping[str, Any]) -> list[tuple[int, dict]]:
 def budget_rows(result: Mapping[str, Any]) -> list[dict]:
     """Test accuracy (mean ± sd over seeds) per labels-per-class budget for both starts."""
     return [{"labels per class": k, "seeds": s["supervised"]["n"], **{LABELS[m]: pm(v) for m, v in s.items()}}
-            for k, s in _by_budget(result)]
-
-
-def budget_means(result: Mapping[str, Any]) -> list[dict]:
-    """Per labels-per-class budget: the mean test accuracy of both starts and the seed count."""
-    return [{"labels_per_class": k, "seeds": s["supervised"]["n"], **{m: v["mean"] for m, v in s.items()}}
             for k, s in _by_budget(result)]
 
 

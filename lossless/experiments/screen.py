@@ -247,25 +247,6 @@ def lever_rows(records: list[Mapping[str, Any]]) -> list[dict]:
     return sorted(out, key=lambda r: (order.index(r["lever"]), r["round"]))
 
 
-def levers_sentence(records: list[Mapping[str, Any]]) -> str:
-    """Which levers the study's rounds pulled and which of them moved a validation probe, worded
-    from the verdicts of :func:`lever_rows`: "What moved a validation probe: the optimiser's
-    step (lars-eta-0.01, validation k-NN a gain). What moved neither (...): more training
-    (epochs-27, batch-128 at 1 seed); ..."."""
-    moved, still = {}, {}
-    for r in lever_rows(records):
-        if r["_gains"]:
-            said = f"{r['recipe']}, {' and '.join(METRIC_NAMES[m] for m in r['_gains'])} a gain"
-            moved.setdefault(r["lever"], []).append(said)
-        else:
-            still.setdefault(r["lever"], []).append(r["recipe"] + (" at 1 seed" if r["seeds"] < 2 else ""))
-    parts = [f"{head}: " + "; ".join(f"{LEVER_WORDS[lv]} ({', '.join(said)})" for lv, said in group.items())
-             for head, group in (("what moved a validation probe", moved),
-                                 ("what moved neither (no gain an interval shows, or one seed only)", still))
-             if group]
-    return ". ".join(p[0].upper() + p[1:] for p in parts) + "." if parts else "The study has no recipe besides the profile's."
-
-
 def best_reached(records: list[Mapping[str, Any]]) -> dict:
     """The recipe, among those run on every seed of their round, with the highest mean test
     linear probe over all rounds (reported, never used to choose), and its test probes."""

@@ -208,16 +208,6 @@ def course_rows(histories: Mapping[str, Sequence[Mapping[str, Any]]], names: Map
     return rows_
 
 
-def course_words(rows_: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
-    """:func:`course_rows`' verdicts as a clause ("A, B flattened; C still rising"; "none
-    flattened" where none did) and the runs still rising, for the sentence that says whether a
-    longer budget could reorder them."""
-    flat = [r["run"] for r in rows_ if r["the curve"] == "flattened"]
-    rising = [r["run"] for r in rows_ if r["the curve"] != "flattened"]
-    return ((f"{', '.join(flat)} flattened" if flat else "none flattened")
-            + (f"; {', '.join(rising)} still rising" if rising else "")), rising
-
-
 def _label(runs: Mapping[str, Any], key: str) -> str:
     """A run's name: the method's, with its network when two runs share the method."""
     r = runs[key]
