@@ -40,7 +40,8 @@ def package_digest(folder: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def write_record(result: dict, name: str, profile: str, out: str | Path | None = None) -> Path:
+def write_record(result: dict, name: str, profile: str, out: str | Path | None = None,
+                 arrays: Mapping[str, Any] | None = None) -> Path:
     """Save an experiment's result as the record a chapter shows when its rerun would not fit the
     book's time budget: ``benchmarks/results/<name>-<profile>.json`` (or ``out``), with the
     processor (its bf16 kernels shift the last digits) and the time it finished. Run folders
@@ -50,8 +51,29 @@ def write_record(result: dict, name: str, profile: str, out: str | Path | None =
     path = Path(out) if out else RECORDS / f"{name}-{profile}.json"
     result = {**runs.portable(result), "cpu": cpu_name(mark_amx=True),
               "time": time.strftime("%Y-%m-%d %H:%M")}
+    if arrays is not None:  # arrays a chapter's cell needs (a network's outputs): an .npz beside it
+        import numpy as np
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path.with_suffix(".npz"))
     runs.write_json(path, result)
     return path
+
+
+def read_record_arrays(name: str, profile: str) -> dict | None:
+    """The arrays ``write_record`` kept beside the record ``name`` on ``profile`` (its ``.npz``),
+    or None when there are none."""
+    import numpy as np
+    path = RECORDS / f"{name}-{profile}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}
+    except (OSError, ValueError) as exc:
+        raise LosslessError(f"{path}: not a readable record ({exc}); restore it with git checkout, or make "
+                            f"it again with `lossless experiment {name} --profile {profile} --record`") from None
 
 
 def read_record(name: str, profile: str, remake: str | None = None) -> dict | None:

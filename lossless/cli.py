@@ -182,7 +182,11 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
     if args.name == "ensembles":
         from .experiments import ensembles as en
         r = en.ensembles(cfg, **seeds)
-        return {"models": r["models"], "summary": r["summary"], "comparisons": en.difference_rows(r),
+        if args.record:  # the first labelled set's members and outputs, for the chapter's method cell
+            kept, arrays = en.members_record(r)
+            kept["command"] = experiment_command(args, len(r["seeds"]))
+            r["written_to"] = str(write_record(kept, "ensembles", cfg["profile"], args.out, arrays=arrays))
+        return {"written_to": r.get("written_to"), "models": r["models"], "summary": r["summary"], "comparisons": en.difference_rows(r),
                 "overlap_val": en.overlap_rows(r, "val"), "bounds": en.bound_rows(r)}
     from .experiments.claims import claims, difference_rows
     r = claims(cfg, **seeds, all_rules=args.all_rules,
@@ -295,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="screen, architectures, section4, claims --record: the record's JSON path (default "
                          "benchmarks/results/<name>-<profile>.json, which the chapters show)")
     ex.add_argument("--record", action="store_true",
-                    help="claims, active: also write the result as the record the chapters show")
+                    help="claims, active, ensembles: also write the result as the record the chapters show")
     ex.add_argument("--all-rules", action="store_true",
                     help="claims: also the balanced, threshold and gradual pseudo-label rules and the "
                          "supervised-only control")

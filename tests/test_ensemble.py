@@ -278,6 +278,30 @@ def test_ensembles_experiment_stores_outputs_and_never_reads_test_labels_to_choo
     flips = ex.flip_examples(cfg, result, seed=0, n=3)
     assert len(flips) == 2 and all(len(imgs) == len(titles) <= 3 for imgs, titles in flips.values())
 
+    # a members record: the first labelled set's stored ensembles and its runs' own outputs, as
+    # `lossless experiment ensembles --record` writes them and the chapter's method cell reads them
+    from lossless import book
+    from lossless.experiments import findings
+    kept_members, arrays = ex.members_record(result)
+    monkeypatch.setattr(book, "RECORDS", tmp_path / "records")
+    book.write_record(kept_members, "ensembles", "smoke", arrays=arrays)
+    ev = findings.members_evidence(cfg)
+    assert ev["members_source"] == "the record"
+    rec = ev["members"]
+    assert rec["seeds"][0]["ensembles"] == result["seeds"][0]["ensembles"] and rec["models"] == result["models"]
+    for part in ("val", "test"):
+        mine = ex.member_outputs(rec, part)
+        assert list(mine) == result["models"]
+        for m, run in result["seeds"][0]["runs"].items():
+            assert np.array_equal(mine[m], np.load(Path(run) / f"probs-{part}.npy"))
+    record_flips = ex.flip_examples(cfg, rec, seed=0, n=3)
+    assert {k: v[1] for k, v in record_flips.items()} == {k: v[1] for k, v in flips.items()}
+    with pytest.raises(LosslessError, match="labelled set 0 only"):
+        ex.member_outputs(rec, "test", seed=1)
+    other = cfg.replace(ensemble_step=0.1)   # made with another grid: this build's runs instead
+    assert findings.members_evidence(other)["members_source"] == "this build"
+    monkeypatch.undo()
+
     # permuted test labels: the same weights (chosen on validation), other test scores
     real_load = ex.load_data
 

@@ -130,6 +130,50 @@ def ensembles(cfg: Mapping[str, Any], seeds: int = 5) -> dict:
     return result
 
 
+OUTPUTS = ("val", "test")  # the parts whose softmax outputs a members record keeps
+
+
+def members_record(result: Mapping[str, Any]) -> tuple[dict, dict[str, np.ndarray]]:
+    """What a record keeps of an :func:`ensembles` result for a chapter's method cell: its first
+    labelled set (the ensembles it stored, each model's single accuracies) and that set's
+    softmax outputs, ``{"<model>.<part>": array}``, for an ``.npz`` beside the JSON. The
+    outputs are the runs' own float32 arrays, so the cell's sums give the stored accuracies
+    exactly on any processor."""
+    first = result["seeds"][0]
+    arrays = {f"{m}.{part}": np.load(Path(first["runs"][m]) / f"probs-{part}.npy")
+              for m in result["models"] for part in OUTPUTS}
+    keep = {k: result[k] for k in ("models", "names", "reference", "epochs", "step")}
+    return {**keep, "seeds": [{k: v for k, v in first.items() if k not in ("runs", "overlap")}]}, arrays
+
+
+def members(cfg: Mapping[str, Any], record: tuple[dict, Mapping[str, np.ndarray]] | None = None,
+            seeds: int = 2) -> dict:
+    """The short members a chapter's method cell combines: ``record`` (a members record and its
+    outputs, see :func:`members_record`) where it was made with this configuration's models,
+    ``compare_epochs`` and ``ensemble_step``; otherwise this build's :func:`ensembles` on
+    ``seeds`` labelled sets (trained, or loaded where done). Read the outputs with
+    :func:`member_outputs` either way."""
+    if record is not None:
+        rec, arrays = record
+        wanted = [m if b is None else f"{m}:{b}" for m, b in config_mod.table1_runs(cfg["ensemble_models"])]
+        if rec["models"] == wanted and rec["epochs"] == cfg["compare_epochs"] and rec["step"] == cfg["ensemble_step"]:
+            return {**rec, "outputs": {part: {m: np.asarray(arrays[f"{m}.{part}"]) for m in rec["models"]}
+                                       for part in OUTPUTS}}
+    return ensembles(cfg, seeds=seeds)
+
+
+def member_outputs(result: Mapping[str, Any], part: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Each model's softmax outputs on ``part`` ("val" or "test") for labelled set ``seed``: from
+    a record's kept arrays (its first set only) or from the runs' stored files."""
+    if "outputs" in result:
+        if seed != result["seeds"][0]["seed"]:
+            raise LosslessError(f"seed={seed}: a members record keeps the outputs of labelled set "
+                                f"{result['seeds'][0]['seed']} only")
+        return dict(result["outputs"][part])
+    r = next(x for x in result["seeds"] if x["seed"] == seed)
+    return {k: np.load(Path(run) / f"probs-{part}.npy", mmap_mode="r") for k, run in r["runs"].items()}
+
+
 def section4(cfg: Mapping[str, Any], seeds: int = 5) -> dict:
     """Section 4 whole, as one result a record keeps: the methods comparison (``table1.compare``:
     every run of ``cfg.compare_methods`` pretrained for ``cfg.compare_epochs``, probed and
@@ -291,7 +335,7 @@ def flip_examples(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: int =
     r = next(x for x in result["seeds"] if x["seed"] == seed)
     base = config_mod.load_profile(cfg["profile"], {k: v for k, v in cfg.items() if k != "profile"}, seed=seed)
     split = load_data(base, False)
-    probs = {k: np.load(Path(run) / "probs-test.npy", mmap_mode="r") for k, run in r["runs"].items()}
+    probs = member_outputs(result, "test", seed)
     models = list(probs)
     pred = {k: ens.top1(p) for k, p in probs.items()}
     weights = r["ensembles"][kind]["weights"]

@@ -83,6 +83,18 @@ def section4_evidence(cfg: Mapping[str, Any], compare_seeds: int) -> tuple[dict,
     return en.section4(cfg, seeds=compare_seeds), "this build"
 
 
+def members_evidence(cfg: Mapping[str, Any]) -> dict:
+    """The short members the ensembles chapter's method cell combines (see
+    :func:`lossless.experiments.ensembles.members`): the profile's ``ensembles`` record and its
+    kept outputs where they match this configuration, otherwise this build's runs. Returns
+    ``{"members": result, "members_source": "the record" | "this build"}`` for :func:`provenance`."""
+    from ..book import read_record, read_record_arrays
+    rec = read_record("ensembles", cfg["profile"])
+    arrays = read_record_arrays("ensembles", cfg["profile"]) if rec else None
+    result = en.members(cfg, (rec, arrays) if arrays is not None else None)
+    return {"members": result, "members_source": "the record" if "outputs" in result else "this build"}
+
+
 def _means(c: Comparison) -> str:
     """A comparison's two arms, mean over its seeds: "79.51% vs 79.34%"."""
     return f"{_pct(sum(c.a) / c.n)} vs {_pct(sum(c.b) / c.n)}"
