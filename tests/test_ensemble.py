@@ -348,3 +348,22 @@ def test_filters_chapter_reruns_under_papermill_with_other_parameters(tmp_path):
     # a record keeps only the first layer, so another layer is drawn from this build's runs
     assert "main line" in text and "BYOL, " in text and "SwAV, " in text and "SimCLR, " not in text
     assert "this build" in text
+
+
+def test_figure2_from_a_record_trains_nothing_of_section_4(tmp_path, smoke_backbone, monkeypatch):
+    """Where the section 4 record keeps the asked layer, the filters chapter draws its filters
+    from the record and Figure 2's maps and top images from the main line alone: no run of the
+    comparison is trained (on a 2-core AVX2 machine those were 20 minutes of the cpu book)."""
+    from lossless import book, config
+    from lossless.experiments import filters as fx
+    s4 = book.read_record("section4", "smoke")
+    kept = fx.recorded_layers(s4, "barlow,byol", "stem.0")
+    assert sorted(k.split(":")[0] for k in kept) == ["barlow", "byol"]
+    assert fx.recorded_layers(s4, "barlow,byol", "layer1.0.conv1") == {}      # not kept: checkpoints
+    cfg = config.load_profile("smoke", {"runs_dir": str(smoke_backbone), "progress": False})
+    trained = []
+    real = fx.pretrain
+    monkeypatch.setattr(fx, "pretrain", lambda c: trained.append(c["ssl_epochs"]) or real(c))
+    drawn = fx.figure2(cfg, "barlow,byol", "stem.0", 0, 2, top=3, runs=False)
+    assert trained == [cfg["ssl_epochs"]]                                      # the main line only
+    assert len(drawn["weights"]) == 1 and drawn["maps"] and len(drawn["top_images"]) == 2

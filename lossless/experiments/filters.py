@@ -16,15 +16,25 @@ from ..pretrain import load_data, pretrain, pretrain_dir
 from .table1 import compare_cfg, labels
 
 
+def recorded_layers(s4: Mapping[str, Any], methods: str, layer: str) -> dict:
+    """The first convolutions a section 4 record keeps (trained and initial) of the runs
+    ``methods``, where ``layer`` is the layer it kept; otherwise ``{}`` (the runs must be drawn
+    from checkpoints: :func:`figure2` with ``runs=True``)."""
+    wanted = {m.strip().split(":")[0] for m in methods.split(",")}
+    kept = {k: v for k, v in (s4.get("first_layers") or {}).items() if k.split(":")[0] in wanted}
+    return kept if kept and all(v["layer"] == layer for v in kept.values()) else {}
+
+
 def figure2(cfg: Mapping[str, Any], methods: str = "barlow,simclr,byol,swav", layer: str = "stem.0",
-            image: int = 0, channels: int = 4, top: int = 8) -> dict:
+            image: int = 0, channels: int = 4, top: int = 8, runs: bool = True) -> dict:
     """Everything the filters chapter draws: the main-line backbone of ``cfg`` (pretrained for
     ``ssl_epochs``) and the runs ``methods`` of section 4's comparison (``compare_methods``
     entries, pretrained for ``compare_epochs``), each loaded when finished. For each, the
     ``layer`` filters, the same layer at its initialisation and the change, all on one scale;
     the maps of test image number ``image`` after each stage of the main line; and for the first
     two backbones the pool images that most activate their ``channels`` most selective
-    last-stage channels."""
+    last-stage channels. ``runs=False``: the main line alone, nothing of section 4 trained or
+    loaded (its filters come from a record: :func:`recorded_layers`)."""
     try:
         runs_wanted = config_mod.table1_runs(methods)
     except ValueError as exc:
@@ -45,7 +55,7 @@ def figure2(cfg: Mapping[str, Any], methods: str = "barlow,simclr,byol,swav", la
     # the main line first (the book's longest run), then section 4's runs; each beside its own
     # initialisation (the same seed: every run of one network starts from the same weights)
     wanted = [(f"{named['main']}, main line, {cfg['ssl_epochs']} epochs", cfg)]
-    for key, (method, net_name) in zip(keys, runs_wanted):
+    for key, (method, net_name) in zip(keys, runs_wanted if runs else []):
         c = compare_cfg(cfg, method, cfg["compare_epochs"], net_name)
         if pretrain_dir(c) != pretrain_dir(cfg):
             wanted.append((f"{named[key]}, {c['ssl_epochs']} epochs", c))
