@@ -36,6 +36,19 @@ def test_each_finding_is_the_records_paired_interval_and_its_verdict():
     assert (found["pseudo"].held == "not at its size") == (p.high < findings.PAPER_PSEUDO - findings.PAPER_PRETRAINED)
 
 
+def test_each_row_shows_both_arms_of_its_difference():
+    """A reader checks a row by subtracting: "this book" names both arms' means over the paired
+    seeds ("79.33% vs 81.08% (FixMatch)", "79.33% to 79.42%"), and their difference is the row's
+    (to rounding)."""
+    import re
+    ev = findings.evidence(config.load_profile("cpu"), seeds=3, compare_seeds=3)
+    for f in findings.findings(ev):
+        shown = [float(x) for x in re.findall(r"(\d+\.\d+)%", f.here)]
+        assert len(shown) == 2, (f.key, f.here)
+        change = shown[1] - shown[0] if " to " in f.here else shown[0] - shown[1]  # "a to b": b minus a
+        assert change == pytest.approx(100 * f.comparison.mean, abs=0.011), (f.key, f.here)
+
+
 def test_the_record_answers_only_where_it_has_more_seeds_and_nothing_was_asked_to_run(monkeypatch):
     cfg = config.load_profile("cpu")
     asked = []

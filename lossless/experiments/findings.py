@@ -123,23 +123,23 @@ def findings(ev: Mapping[str, Any]) -> list[Finding]:
                 f"{_pct(S['supervised']['mean'])}", cl.comparison(src, "barlow_finetune", "supervised"),
                 "results", where),
         Finding("strongest", "(implied) it beats the best baseline",
-                "not measured", f"vs {_pct(S[best]['mean'])}, {SHORT.get(best, best)}",
-                cl.comparison(src, "barlow_finetune", best), "results", where),
+                "not measured", f"{_means(cl.comparison(src, 'barlow_finetune', best))} "
+                f"({SHORT.get(best, best)})", cl.comparison(src, "barlow_finetune", best), "results", where),
         Finding("pseudo", "pseudo-labels add about four points", "43.46% to 47.66%",
                 f"{_pct(S['barlow_finetune']['mean'])} to {_pct(S['pseudo_global']['mean'])}",
                 cl.comparison(src, "pseudo_global", "barlow_finetune"), "pseudo-labelling", where,
                 size=PAPER_PSEUDO - PAPER_PRETRAINED),
         Finding("labels", "(implied) the labels add it, not the epochs", "not measured",
-                f"vs {_pct(S['pseudo_none']['mean'])} without them",
+                f"{_means(cl.comparison(src, 'pseudo_global', 'pseudo_none'))} (without them)",
                 cl.comparison(src, "pseudo_global", "pseudo_none"), "results", where),
         Finding("probe", "(new) fine-tuning beats a frozen probe", "not measured",
-                f"vs {_pct(S['linear_probe']['mean'])}",
+                f"{_means(cl.comparison(src, 'barlow_finetune', 'linear_probe'))} (the probe)",
                 cl.comparison(src, "barlow_finetune", "linear_probe"), "classifier", where),
     ]
     if "fixmatch" in S:
         c = cl.comparison(src, src["best_pseudo_rule"], "fixmatch")
         out.append(Finding("fixmatch", "(new) the pipeline beats FixMatch", "not measured",
-                           f"vs {_pct(S['fixmatch']['mean'])}", c, "results", f"{where[:-8]}{c.n} seeds"))
+                           f"{_means(c)} (FixMatch)", c, "results", f"{where[:-8]}{c.n} seeds"))
     s4 = ev["section4"]
     if s4 is None:  # evidence(section4=False)
         return out
