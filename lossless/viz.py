@@ -476,22 +476,22 @@ def filter_mosaics(fig2: dict | None, missing: str = "no record"):
         return missing_panel(missing, (6.0, 1.6))
     names = list(fig2["mosaics"])
     parts = (("at initialisation", fig2["initial_mosaics"]), ("trained", fig2["mosaics"]),
-             ("change (trained - initial)", fig2["changes"]))
+             ("change", fig2["changes"]))
     first = np.asarray(fig2["mosaics"][names[0]])
     aspect = first.shape[0] / first.shape[1]
-    height = 0.5 + len(names) * 1.7 * aspect
+    height = 0.5 + len(names) * (max(1.15 * aspect, 0.6) + 0.25)  # a panel is ~1.15 in wide
     fig, axes = plt.subplots(len(names), 3, figsize=(6.9, height), squeeze=False)
     fig.subplots_adjust(left=0.27, right=0.88, top=1 - 0.35 / height, bottom=0.02, wspace=0.06, hspace=0.12)
     fig.manual_layout = True
     cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("white")
+    cmap.set_bad("0.35")  # the gaps between filters: gray lines, not white (white is 0)
     im = None
     for r, name in enumerate(names):
         for c, (title, panels) in enumerate(parts):
             ax = axes[r, c]
             m = np.asarray(panels[name], dtype=np.float64)
-            if m.shape[-1] == 3:  # colour filters: -1..1 -> 0..1, blank gaps white
-                ax.imshow(np.clip(np.nan_to_num((m + 1) / 2, nan=1.0), 0, 1), interpolation="nearest")
+            if m.shape[-1] == 3:  # colour filters: -1..1 -> 0..1, gaps gray
+                ax.imshow(np.clip(np.nan_to_num((m + 1) / 2, nan=0.35), 0, 1), interpolation="nearest")
             else:
                 im = ax.imshow(np.ma.masked_invalid(m[..., 0]), cmap=cmap, vmin=-1, vmax=1,
                                interpolation="nearest")
