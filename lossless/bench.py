@@ -355,7 +355,7 @@ def run_train_bench(device_name: str = "auto", out: str | None = None, quick: bo
                   f"eager step", file=sys.stderr)
     result = {
         "benchmark": "train", "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu": cpu_name(mark_amx=True), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cpu": cpu_name(mark_isa=True), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "ceiling_bf16_flops": ceiling_bf16, "ceiling_fp32_flops": ceiling_fp32, "ceilings": ceilings,
         "records": records, "step_paths": paths,
     }
@@ -470,16 +470,23 @@ def run_kmeans_bench(out: str | None = None, points: int = 70_000, dim: int = 51
     return _write_result(result, out or "benchmarks/results/kmeans-cpu.json")
 
 
-def cpu_name(mark_amx: bool = False) -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one), with " (AMX)" appended
-    when ``mark_amx`` and the processor has AMX-BF16 (the bf16 kernels differ with it)."""
+def cpu_name(mark_isa: bool = False) -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one); with ``mark_isa``,
+    the matrix units its numbers depend on appended: " (AMX)", " (AVX-512 BF16)" or " (AVX2,
+    no bf16)" (the cpu profile trains in bf16 on the first two, in fp32 on the last: another
+    kernel family, and 2-3 times the minutes)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine() or "unknown"
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 platform.processor() or "unknown")
-    return name + (" (AMX)" if mark_amx and " amx_bf16" in info else "")
+    if not mark_isa:
+        return name
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    mark = ("AMX" if "amx_bf16" in flags else "AVX-512 BF16" if "avx512_bf16" in flags
+            else "AVX2, no bf16" if "avx2" in flags else None)
+    return name + (f" ({mark})" if mark else "")
 
 
 def _write_result(result: dict, out: str) -> dict:

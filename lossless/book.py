@@ -49,7 +49,7 @@ def write_record(result: dict, name: str, profile: str, out: str | Path | None =
     not point into the maker's disk."""
     from .bench import cpu_name
     path = Path(out) if out else RECORDS / f"{name}-{profile}.json"
-    result = {**runs.portable(result), "cpu": cpu_name(mark_amx=True),
+    result = {**runs.portable(result), "cpu": cpu_name(mark_isa=True),
               "time": time.strftime("%Y-%m-%d %H:%M")}
     if arrays is not None:  # arrays a chapter's cell needs (a network's outputs): an .npz beside it
         import numpy as np
@@ -369,7 +369,7 @@ def machine() -> dict:
     import torch
 
     from .bench import cpu_name
-    return {"processor": cpu_name(mark_amx=True), "cores": os.cpu_count(), "torch": torch.__version__,
+    return {"processor": cpu_name(mark_isa=True), "cores": os.cpu_count(), "torch": torch.__version__,
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
 
 

@@ -39,3 +39,16 @@ def test_stage_times_sum_training_seconds_by_stage(tmp_path):
                     "pseudo-label rounds (global)": (2, 2.5)}
     minutes = [r["minutes"] for r in report.stage_times(tmp_path)]
     assert minutes == sorted(minutes, reverse=True)             # largest first
+
+
+def test_a_record_names_the_matrix_units_its_numbers_came_from(monkeypatch):
+    """The processor a record names says which kernels made its numbers: bf16 on AMX or
+    AVX-512 BF16, fp32 on AVX2 alone (another kernel family, and 2-3 times the minutes)."""
+    from lossless import bench
+    for flags, mark in (("fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile", "(AMX)"),
+                        ("fpu avx2 avx512f avx512_bf16", "(AVX-512 BF16)"),
+                        ("fpu avx2 fma avx512f", "(AVX2, no bf16)")):
+        text = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n"
+        monkeypatch.setattr(bench, "Path", lambda p, t=text: type("P", (), {"read_text": lambda self: t})())
+        assert bench.cpu_name(mark_isa=True) == f"Some CPU {mark}", flags
+        assert bench.cpu_name() == "Some CPU"
