@@ -186,8 +186,9 @@ def cmd_experiment(args: argparse.Namespace) -> dict:
             kept, arrays = en.members_record(r)
             kept["command"] = experiment_command(args, len(r["seeds"]))
             r["written_to"] = str(write_record(kept, "ensembles", cfg["profile"], args.out, arrays=arrays))
-        return {"written_to": r.get("written_to"), "models": r["models"], "summary": r["summary"], "comparisons": en.difference_rows(r),
-                "overlap_val": en.overlap_rows(r, "val"), "bounds": en.bound_rows(r)}
+        return {"written_to": r.get("written_to"), "models": r["models"], "summary": r["summary"],
+                "comparisons": en.difference_rows(r), "overlap_val": en.overlap_rows(r, "val"),
+                "bounds": en.bound_rows(r)}
     from .experiments.claims import claims, difference_rows
     r = claims(cfg, **seeds, all_rules=args.all_rules,
                fixmatch_seeds=args.fixmatch_seeds)
@@ -296,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--finalists", type=int, default=1,
                     help="screen: recipes (besides the profile's) run on every seed, the best by validation")
     ex.add_argument("--out", default=None,
-                    help="screen, architectures, section4, claims --record: the record's JSON path (default "
-                         "benchmarks/results/<name>-<profile>.json, which the chapters show)")
+                    help="screen, architectures, section4, claims or ensembles --record: the record's JSON "
+                         "path (default benchmarks/results/<name>-<profile>.json, which the chapters show; "
+                         "an ensembles record's outputs go beside it as .npz)")
     ex.add_argument("--record", action="store_true",
                     help="claims, active, ensembles: also write the result as the record the chapters show")
     ex.add_argument("--all-rules", action="store_true",

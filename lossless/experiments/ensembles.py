@@ -140,8 +140,8 @@ def members_record(result: Mapping[str, Any]) -> tuple[dict, dict[str, np.ndarra
     outputs are the runs' own float32 arrays, so the cell's sums give the stored accuracies
     exactly on any processor."""
     first = result["seeds"][0]
-    arrays = {f"{m}.{part}": np.load(Path(first["runs"][m]) / f"probs-{part}.npy")
-              for m in result["models"] for part in OUTPUTS}
+    arrays = {f"{m}.{part}": np.asarray(probs) for part in OUTPUTS
+              for m, probs in member_outputs(result, part, first["seed"]).items()}
     keep = {k: result[k] for k in ("models", "names", "reference", "epochs", "step")}
     return {**keep, "seeds": [{k: v for k, v in first.items() if k not in ("runs", "overlap")}]}, arrays
 

@@ -117,24 +117,23 @@ def findings(ev: Mapping[str, Any]) -> list[Finding]:
     src, S = ev["claims"], ev["claims"]["summary"]
     best = src["strongest_baseline"]
     where = f"{ev['claims_source']}, {len(src['seeds'])} seeds"
+    vs_best, vs_none, vs_probe = (cl.comparison(src, a, b) for a, b in (
+        ("barlow_finetune", best), ("pseudo_global", "pseudo_none"), ("barlow_finetune", "linear_probe")))
     out = [
         Finding("pretraining", "pretraining beats training from scratch",
                 "43.46% (no baseline)", f"{_pct(S['barlow_finetune']['mean'])} vs "
                 f"{_pct(S['supervised']['mean'])}", cl.comparison(src, "barlow_finetune", "supervised"),
                 "results", where),
         Finding("strongest", "(implied) it beats the best baseline",
-                "not measured", f"{_means(cl.comparison(src, 'barlow_finetune', best))} "
-                f"({SHORT.get(best, best)})", cl.comparison(src, "barlow_finetune", best), "results", where),
+                "not measured", f"{_means(vs_best)} ({SHORT.get(best, best)})", vs_best, "results", where),
         Finding("pseudo", "pseudo-labels add about four points", "43.46% to 47.66%",
                 f"{_pct(S['barlow_finetune']['mean'])} to {_pct(S['pseudo_global']['mean'])}",
                 cl.comparison(src, "pseudo_global", "barlow_finetune"), "pseudo-labelling", where,
                 size=PAPER_PSEUDO - PAPER_PRETRAINED),
         Finding("labels", "(implied) the labels add it, not the epochs", "not measured",
-                f"{_means(cl.comparison(src, 'pseudo_global', 'pseudo_none'))} (without them)",
-                cl.comparison(src, "pseudo_global", "pseudo_none"), "results", where),
+                f"{_means(vs_none)} (without them)", vs_none, "results", where),
         Finding("probe", "(new) fine-tuning beats a frozen probe", "not measured",
-                f"{_means(cl.comparison(src, 'barlow_finetune', 'linear_probe'))} (the probe)",
-                cl.comparison(src, "barlow_finetune", "linear_probe"), "classifier", where),
+                f"{_means(vs_probe)} (the probe)", vs_probe, "classifier", where),
     ]
     if "fixmatch" in S:
         c = cl.comparison(src, src["best_pseudo_rule"], "fixmatch")
