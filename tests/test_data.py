@@ -353,7 +353,8 @@ def test_cli_data_check_prints_one_json_line(capsys):
     assert cli_main(["data", "check", "--profile", "smoke", "--quiet", "seed=3"]) == 0
     out = json.loads(capsys.readouterr().out.strip())
     assert out["sizes"] == {"labelled": 100, "val": 200, "unlabelled": 1700, "test": 500}
-    assert out["image_shape"] == [32, 32, 3] and out["dtype"] == "uint8" and out["seed"] == 3
+    side = config.load_profile("smoke")["synthetic_size"]
+    assert out["image_shape"] == [side, side, 3] and out["dtype"] == "uint8" and out["seed"] == 3
     assert out["class_counts"]["labelled"] == [10] * 10
 
 

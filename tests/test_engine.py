@@ -156,19 +156,10 @@ def test_ddp_two_processes_equal_one_process_on_the_whole_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_pretrain_command_under_torchrun(tmp_path):
-    proc = torchrun(2, "-m", "lossless", "pretrain", "--profile", "smoke", "--quiet",
-                    f"runs_dir={tmp_path}", f"cache_dir={tmp_path / 'cache'}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
-    assert len(lines) == 1                                 # rank 0 alone prints the result
-    assert np.isfinite(lines[0]["final_loss"]) and lines[0]["knn_val"] > 0
-
-
 @pytest.mark.slow
 def test_pretrain_command_survives_a_kill(tmp_path):
     args = [sys.executable, "-m", "lossless", "pretrain", "--profile", "smoke", "--quiet",
-            "ssl_epochs=3", "ssl_max_steps_per_epoch=8", "checkpoint_every_steps=2"]
+            "ssl_epochs=2", "ssl_max_steps_per_epoch=6", "checkpoint_every_steps=2"]
     run = subprocess.Popen(args + [f"runs_dir={tmp_path / 'b'}"], cwd=HERE.parent,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120

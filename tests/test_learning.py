@@ -23,9 +23,16 @@ REAL = Path("/usr/share/datasets/fashion-mnist")
 MARGIN = 0.05  # pretrained k-NN (validation) above the initial network's, each seed (measured: +12 to +16 points)
 
 
-def short_fashion_run(tmp_path, seed: int, **kw) -> config.Config:
+@pytest.fixture(scope="module")
+def fashion_runs(tmp_path_factory) -> Path:
+    """One runs folder for this module: the fine-tuning test starts from the pretraining test's
+    seed-0 run instead of training the same one again."""
+    return tmp_path_factory.mktemp("fashion-runs")
+
+
+def short_fashion_run(runs_dir, seed: int, **kw) -> config.Config:
     """30 steps of Barlow Twins with the cpu profile's recipe at the smoke profile's sizes."""
-    return config.load_profile("smoke", progress=False, runs_dir=str(tmp_path / "runs"), seed=seed,
+    return config.load_profile("smoke", progress=False, runs_dir=str(runs_dir), seed=seed,
                                dataset="fashion-mnist", ssl_epochs=2, ssl_max_steps_per_epoch=15,
                                ssl_lr=0.6, barlow_scale=1 / 32, projector="512-512-512", crop_scale_min=0.2, **kw)
 
@@ -33,8 +40,8 @@ def short_fashion_run(tmp_path, seed: int, **kw) -> config.Config:
 @pytest.mark.skipif(not (REAL / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
                     reason="dataset-fashion-mnist not installed (make test installs it)")
 @pytest.mark.parametrize("seed", [0, 1])
-def test_pretraining_learns_beyond_its_initialisation(tmp_path, seed):
-    cfg = short_fashion_run(tmp_path, seed)
+def test_pretraining_learns_beyond_its_initialisation(fashion_runs, seed):
+    cfg = short_fashion_run(fashion_runs, seed)
     start = initial_knn(cfg)["knn_val"]
     result = pretrain(cfg)
     assert result["knn_val"] >= start + MARGIN, (
@@ -47,12 +54,13 @@ FT_MARGIN = 0.10  # fine-tuned validation accuracy above the same classifier lef
 
 @pytest.mark.skipif(not (REAL / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
                     reason="dataset-fashion-mnist not installed (make test installs it)")
-def test_fine_tuning_learns_beyond_its_start(tmp_path):
+def test_fine_tuning_learns_beyond_its_start(fashion_runs):
     """Section 3.4 on the short pretrained backbone: 20 epochs on the 100 labelled images must
     beat the same classifier trained at a rate of 1e-9 (its start: the random head) by a margin."""
     from lossless.finetune import finetune
-    tuned = finetune(short_fashion_run(tmp_path, 0, ft_epochs=20), "barlow")  # one pretraining for both
-    frozen = finetune(short_fashion_run(tmp_path, 0, ft_epochs=20, ft_lr_head=1e-9, ft_lr_backbone=1e-9), "barlow")
+    tuned = finetune(short_fashion_run(fashion_runs, 0, ft_epochs=20), "barlow")  # one pretraining for both
+    frozen = finetune(short_fashion_run(fashion_runs, 0, ft_epochs=20, ft_lr_head=1e-9, ft_lr_backbone=1e-9),
+                      "barlow")
     assert tuned["val_accuracy"] >= frozen["val_accuracy"] + FT_MARGIN, (
         f"fine-tuned {tuned['val_accuracy']:.3f} is not {FT_MARGIN:.2f} above its start {frozen['val_accuracy']:.3f}")
 
