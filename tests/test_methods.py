@@ -307,21 +307,22 @@ def test_table1_compares_methods_at_one_budget_on_the_same_labelled_sets(tmp_pat
         compare(cfg, seeds=2, finetune_seeds=-1)
 
 
-def test_experiment_table1_command(tmp_path):
+def test_experiment_table1_command(tmp_path, capsys):
     """`lossless experiment table1` prints Table 1 and the paired claims as JSON; a method it
     does not know stops it with exit 2 and one line naming the parameter and the choices."""
     import json
-    args = [sys.executable, "-m", "lossless", "experiment", "table1", "--profile", "smoke", "--quiet",
-            "--seeds", "2", f"runs_dir={tmp_path / 'runs'}", "compare_epochs=1"]
-    proc = subprocess.run(args + ["compare_methods=barlow,swav"], capture_output=True, text=True, cwd=HERE.parent)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout)
+    from lossless.cli import main
+    args = ["experiment", "table1", "--profile", "smoke", "--quiet", "--seeds", "2",
+            f"runs_dir={tmp_path / 'runs'}", "compare_epochs=1"]
+    assert main(args + ["compare_methods=barlow,swav"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["epochs"] == 1 and [r["method"] for r in out["table1"]] == ["Barlow Twins", "SwAV"]
     assert [(r["comparison"], r["measure"]) for r in out["barlow_minus_others"]] == [
         ("Barlow Twins minus SwAV", m) for m in ("fine-tuned", "linear probe", "k-NN probe")]
-    bad = subprocess.run(args + ["compare_methods=barlow,moco"], capture_output=True, text=True, cwd=HERE.parent)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "compare_methods='barlow,moco' is not allowed: methods (barlow | simclr | byol | swav)" in bad.stderr
+    assert main(args + ["compare_methods=barlow,moco"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "compare_methods='barlow,moco' is not allowed: methods (barlow | simclr | byol | swav)" in err
 
 
 def test_bench_compares_every_method_step_against_barlow_twins(tmp_path):
