@@ -551,3 +551,22 @@ def test_screen_cli_refuses_an_unknown_recipe_in_one_line_before_training(tmp_pa
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "unknown recipe(s) ['nope']" in err and "lars-eta-0.02" in err
     assert not (tmp_path / "runs").exists()                    # nothing trained, nothing written
+
+
+def test_backbone_targets_time_this_machines_run_not_the_records():
+    """The appendix's targets: the probes from the evidence (the differences from the pixels
+    paired by seed), the course from the k-NN curve, and the minutes the caller measured. A
+    record's own pretraining minutes were another machine's (8.9 on an AVX-512 EPYC against 28.3
+    for the same run in fp32 on an AVX2 one): taken from it, the page said the budget was met."""
+    from lossless.experiments import screen
+    seeds = [{"seed": s, "linear_probe": 0.80 + 0.01 * s, "pixel_linear": 0.76,
+              "knn_probe": 0.79, "pixel_knn": 0.76 + 0.01 * s} for s in range(3)]
+    result = {"summary": {"linear_probe": {"mean": 0.81}, "knn_probe": {"mean": 0.79}},
+              "seeds": seeds, "pretraining": {"train_seconds": 8.9 * 60}}
+    rows = {r["measure"]: r for r in screen.targets(result, [0.70, 0.79, 0.786], minutes=28.3)}
+    assert (rows["pretraining minutes"]["measured"], rows["pretraining minutes"]["met"]) == ("28.3", "no")
+    assert screen.targets(result, [0.70, 0.79, 0.786], minutes=8.9)[-1]["met"] == "yes"
+    assert rows["validation k-NN: best epoch minus the last"]["measured"] == "+0.40 points"
+    assert rows["linear probe minus pixels' logistic regression"]["measured"].startswith("+5.00 points [")
+    assert rows["k-NN probe minus pixels' k-NN"]["measured"].startswith("+2.00 points [")
+    assert [r["met"] for r in rows.values()] == ["no", "no", "yes", "no", "yes", "no"]
