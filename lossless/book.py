@@ -373,16 +373,20 @@ def machine() -> dict:
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
-def chapter_times(folder: Path | str | None = None, root: Path = ROOT) -> list[dict]:
+def chapter_times(folder: Path | str | None = None, root: Path = ROOT, before: str | None = None) -> list[dict]:
     """The wall time of each chapter of a book build, in reading order, from the ``.time.json``
     records ``lossless book`` writes as each chapter finishes (a chapter skipped because it was
     unchanged keeps the time of the run that made it). ``folder`` defaults to the book being
-    built (``$LOSSLESS_BOOK``, set while its chapters run); none: an empty list."""
+    built (``$LOSSLESS_BOOK``, set while its chapters run); none: an empty list. ``before``: only
+    the chapters that come before this one (a chapter asking while it runs would otherwise count
+    itself, and the chapters after it, from the build before)."""
     folder = folder or os.environ.get("LOSSLESS_BOOK")
     if not folder:
         return []
     rows = []
     for md in chapter_notebooks(root):
+        if md.stem == before:
+            break
         f = Path(folder) / "executed" / f"{md.stem}.time.json"
         if f.is_file():
             rows.append(json.loads(f.read_text()))

@@ -333,16 +333,20 @@ def test_a_chapter_reruns_when_the_package_changed(tmp_path, monkeypatch):
 def test_chapter_times_are_read_in_reading_order(tmp_path, monkeypatch):
     from lossless import runs
     (tmp_path / "executed").mkdir()
-    for stem, sec in (("results", 60.0), ("data", 6.0)):
+    for stem, sec in (("results", 60.0), ("data", 6.0), ("appendix-performance", 5.0),
+                      ("appendix-screen", 7.0)):
         runs.write_json(tmp_path / "executed" / f"{stem}.time.json", {"chapter": stem, "seconds": sec,
                                                                        **book.machine()})
     times = book.chapter_times(tmp_path)
-    assert [t["chapter"] for t in times] == ["data", "results"] and times[1]["seconds"] == 60.0
+    assert [t["chapter"] for t in times] == ["data", "results", "appendix-performance", "appendix-screen"]
+    assert times[1]["seconds"] == 60.0
+    # the performance appendix counts the chapters before it, not itself or a later one's old time
+    assert [t["chapter"] for t in book.chapter_times(tmp_path, before="appendix-performance")] == ["data", "results"]
     assert times[0]["processor"] and times[0]["cores"] >= 1
     monkeypatch.delenv("LOSSLESS_BOOK", raising=False)
     assert book.chapter_times() == []
     monkeypatch.setenv("LOSSLESS_BOOK", str(tmp_path))
-    assert len(book.chapter_times()) == 2
+    assert len(book.chapter_times()) == 4
 
 
 @pytest.mark.parametrize("md", CHAPTERS, ids=lambda p: p.stem)

@@ -39,7 +39,7 @@ def short_fashion_run(runs_dir, seed: int, **kw) -> config.Config:
 
 @pytest.mark.skipif(not (REAL / "train-images-idx3-ubyte.gz").exists() and not os.environ.get("CI"),
                     reason="dataset-fashion-mnist not installed (make test installs it)")
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0])  # measured on seeds 0 and 1 alike; one catches a network left at its start
 def test_pretraining_learns_beyond_its_initialisation(fashion_runs, seed):
     cfg = short_fashion_run(fashion_runs, seed)
     start = initial_knn(cfg)["knn_val"]
