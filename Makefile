@@ -37,12 +37,10 @@ system-tools:
 $(MATHJAX):
 	npm install --silent --no-save --no-audit --no-fund --prefix .cache/npm mathjax@3.2.2
 
-# --no-compile: Python compiles what is imported, when it is first imported; compiling every
-# installed file up front took 39 of the install's 111 s on a 2-core EPYC.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile -e ".[book,dev]"
+	$(BIN)/python -m pip install -q -e ".[book,dev]"
 	touch $(STAMP)
 
 book: setup
