@@ -168,8 +168,17 @@ def epoch_curves(runs: dict[str, list[dict]], metrics: Sequence[str] = ("val_los
         ax.set_ylabel(name(m) + (" %" if scale == 100 else ""))
         if x == "epoch":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if len(labels) <= 2:
+        axes[0, 0].legend(fontsize=8)
+        fig.tight_layout()
+        return fig
+    # more runs: one legend under the panels (inside the first it hid curves and ran into the next)
+    rows, (w, h) = -(-len(labels) // 3), fig.get_size_inches()
+    fig.set_size_inches(w, h + 0.3 * rows)
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(labels)), fontsize=8, frameon=False)
+    fig.layout_rect = (0, 0.3 * rows / (h + 0.3 * rows) + 0.03, 1, 1)  # fit_column keeps it
+    fig.tight_layout(rect=fig.layout_rect)
     return fig
 
 
@@ -569,7 +578,8 @@ def architectures(result: dict | None, missing: str = "no record"):
     b.set_ylabel("validation accuracy %")
     b.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.legend(*b.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.16, 1, 1))
+    fig.layout_rect = (0, 0.16, 1, 1)
+    fig.tight_layout(rect=fig.layout_rect)
     return fig
 
 
@@ -593,7 +603,8 @@ def fit_column(fig):
     if changed and not getattr(fig, "manual_layout", False):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a layout that cannot shrink further stays as it is
-            fig.tight_layout()
+            # a figure with a legend under its panels keeps the room it left for it
+            fig.tight_layout(rect=getattr(fig, "layout_rect", (0, 0, 1, 1)))
     return fig
 
 

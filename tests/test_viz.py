@@ -46,3 +46,22 @@ def test_every_figure_of_the_book_goes_through_the_column_fit():
     fig = viz.view_pairs(rng.integers(0, 255, (10, 8, 8, 1), dtype=np.uint8),
                          rng.normal(size=(10, 1, 8, 8)), rng.normal(size=(10, 1, 8, 8)))
     assert fig.get_size_inches()[0] <= viz.COLUMN + 1e-9
+
+
+def test_many_runs_get_one_legend_under_the_panels_that_covers_none():
+    """Five networks' curves: a legend inside the first panel hid its curves and covered the next
+    panel's label (the backbone chapter's Fig. 2.3, the methods chapter's Fig. 7.1). The legend
+    goes under the panels, and stays there after the figure is fitted to the column."""
+    histories = {f"network {i}": [{"epoch": e, "seconds": 30.0, "knn_val": 0.5 + 0.01 * e * i,
+                                   "linear_probe_val": 0.6, "embedding_std": 0.9} for e in range(1, 9)]
+                 for i in range(5)}
+    fig = viz.method_curves(histories)
+    assert fig.get_size_inches()[0] <= viz.COLUMN + 1e-9
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not legend.overlaps(ax.get_tightbbox(renderer)), "the legend covers a panel"
+    assert legend.y0 >= 0                                      # inside the figure
+    assert len(fig.legends[0].get_texts()) == 5
