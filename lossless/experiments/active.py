@@ -479,7 +479,9 @@ def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: in
         p = probabilities[positions]
         top = np.argsort(-p, 1)[:, :2]
         return (data.images[pool[positions]],
-                [f"{data.classes[a][:7]}/{data.classes[b][:7]}\n{sc.margin[q]:.2g}" for q, (a, b) in zip(positions, top)])
+                # one name a line: "Sneaker/Ankle boot" ran into the neighbouring titles
+                [f"{data.classes[a][:10]}\n{data.classes[b][:10]}\n{sc.margin[q]:.2g}"
+                 for q, (a, b) in zip(positions, top)])
     every = probabilities if cfg["al_features"] == "softmax" else np.asarray(feats[pool])
     return {"margin": sc.margin, "candidates": len(cand), "pool": len(pool),
             "probabilities": probabilities, "embedding": every,
