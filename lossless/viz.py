@@ -280,7 +280,7 @@ def margin_gallery(rows: dict[str, tuple[np.ndarray, list[str]]]):
     """Pool images in rows (e.g. smallest and largest margins), each titled (top-2 classes, margin)."""
     n = max(len(imgs) for imgs, _ in rows.values())
     lines = max((t.count("\n") + 1 for _, titles in rows.values() for t in titles), default=1)
-    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.05, len(rows) * (1.25 + 0.1 * lines)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 1.05, len(rows) * (1.25 + 0.2 * lines)), squeeze=False)
     for r, (name, (imgs, titles)) in enumerate(rows.items()):
         for c in range(n):
             ax = axes[r, c]

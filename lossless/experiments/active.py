@@ -480,7 +480,7 @@ def first_round_view(cfg: Mapping[str, Any], result: Mapping[str, Any], seed: in
         top = np.argsort(-p, 1)[:, :2]
         return (data.images[pool[positions]],
                 # one name a line: "Sneaker/Ankle boot" ran into the neighbouring titles
-                [f"{data.classes[a][:10]}\n{data.classes[b][:10]}\n{sc.margin[q]:.2g}"
+                [f"{data.classes[a][:11]}\n{data.classes[b][:11]}\n{sc.margin[q]:.2g}"
                  for q, (a, b) in zip(positions, top)])
     every = probabilities if cfg["al_features"] == "softmax" else np.asarray(feats[pool])
     return {"margin": sc.margin, "candidates": len(cand), "pool": len(pool),
